@@ -1,0 +1,1 @@
+"""Calibration sets for INT8: real aligned crops through exactly the bundle's preprocessing."""

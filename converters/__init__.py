@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX -> FP16 / INT8 Q/DQ ONNX -> TensorRT engines, each checked against ONNX Runtime."""

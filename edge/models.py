@@ -1,0 +1,104 @@
+"""Model files a station downloads once: pinned URLs and sha256 checks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    licence: str
+
+
+KNOWN_MODELS: dict[str, ModelFile] = {
+    "yunet": ModelFile(
+        name="yunet",
+        filename="face_detection_yunet_2026may.onnx",
+        url="https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2026may.onnx",
+        sha256="ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+        licence="MIT (OpenCV Zoo)",
+    ),
+}
+
+
+def default_models_dir() -> Path:
+    """Where fetched models live: $FACEDIAG_MODELS, else $XDG_DATA_HOME/facediag/models."""
+    if os.environ.get("FACEDIAG_MODELS"):
+        return Path(os.environ["FACEDIAG_MODELS"])
+    base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return base / "facediag" / "models"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """Raise ModelFileError unless the file's sha256 is ``expected``."""
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ModelFileError(
+            f"{path}: sha256 {actual} does not match the pinned {expected}; the download is corrupt "
+            "or the file was replaced. Delete it and fetch again."
+        )
+
+
+def fetch_model(name: str, dest_dir: Path | None = None, url: str | None = None) -> Path:
+    """Download a known model, verify its pinned sha256, and move it into place atomically.
+
+    An existing file with the right hash is kept; one with a wrong hash is replaced.
+    ``url`` overrides the pinned address (a mirror); the hash is still enforced.
+    """
+    if name not in KNOWN_MODELS:
+        raise ModelFileError(f"unknown model {name!r}: known models are {', '.join(KNOWN_MODELS)}")
+    spec = KNOWN_MODELS[name]
+    dest_dir = dest_dir or default_models_dir()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / spec.filename
+    if target.is_file():
+        try:
+            check_sha256(target, spec.sha256)
+            log.info("%s already present and verified: %s", name, target)
+            return target
+        except ModelFileError:
+            log.warning("%s exists but its hash is wrong; fetching again", target)
+    source = url or spec.url
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{spec.filename}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(source, timeout=60) as resp:  # noqa: S310 - pinned https URL
+                    while block := resp.read(1 << 16):
+                        out.write(block)
+            except OSError as exc:
+                raise ModelFileError(
+                    f"could not download {name} from {source}: {exc}. On a machine without network, copy "
+                    f"{spec.filename} into {dest_dir} by hand (its sha256 must be {spec.sha256})"
+                ) from None
+            out.flush()
+            os.fsync(out.fileno())
+        check_sha256(Path(tmp), spec.sha256)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("fetched %s -> %s (sha256 verified)", name, target)
+    return target

@@ -1,0 +1,5 @@
+import sys
+
+from facediag.cli import main
+
+sys.exit(main())

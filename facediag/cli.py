@@ -1,0 +1,81 @@
+"""The ``facediag`` command: one front door, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from facediag import __version__
+
+log = logging.getLogger("facediag")
+
+# Order in which subcommands are listed in --help (the user's path through the tool).
+_ORDER = [
+    "crop", "train", "evaluate", "export", "calibrate", "quantize", "fp16",
+    "build", "verify", "run", "demo", "bench", "models",
+]
+
+
+def _command_modules() -> list[ModuleType]:
+    import facediag.commands as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    return [importlib.import_module(f"facediag.commands.{n}") for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facediag",
+        description=(
+            "Facial-diagnosis screening on edge devices. Workstation: crop -> train -> evaluate -> "
+            "export -> calibrate -> quantize/fp16. Station: build -> verify -> run. "
+            "Try `facediag demo` first: it needs no camera, GPU or network. "
+            "Results are screening aids for trained staff, not diagnoses."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"facediag {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        p = sub.add_parser(module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    from edge.errors import ConfigError, FacediagError
+
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 78
+    except FacediagError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

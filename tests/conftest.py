@@ -1,0 +1,33 @@
+"""Shared test helpers: where the fixtures are, and skipping when they are absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+def fixture_path(relative: str) -> Path:
+    """Path of a file under ../shared/fixtures; skips the test with a reason when it is absent."""
+    path = FIXTURES / relative
+    if not path.exists():
+        pytest.skip(f"needs ../shared/fixtures/{relative} (the shared fixtures are not beside this checkout)")
+    return path
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip("needs ../shared/fixtures (the shared fixtures are not beside this checkout)")
+    return FIXTURES
+
+
+# CI machines are shared and noisy: property tests check correctness, never speed.
+from hypothesis import settings as _hyp_settings  # noqa: E402
+
+_hyp_settings.register_profile("facediag", deadline=None, max_examples=60)
+_hyp_settings.load_profile("facediag")

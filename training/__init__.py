@@ -1,0 +1,1 @@
+"""Transfer learning from face recognition to facial diagnosis (workstation side; needs torch)."""
