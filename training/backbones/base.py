@@ -11,6 +11,9 @@ from edge.face.contract import PreprocessContract
 class ContractScaling(nn.Module):
     """Applies the contract's scaling to 0..255 float NCHW input, inside the graph (so it is exported too)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, contract: PreprocessContract) -> None:
         super().__init__()
         self.kind = contract.scaling

@@ -1,0 +1,136 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one.
+
+Engines, their manifests, timing caches and result files are written on stations
+that lose power or get killed by systemd. A plain ``open(path, "wb")`` that dies
+half-way leaves a truncated file under the final name, and a truncated engine can
+crash TensorRT on the next start. So every write goes to a temporary file in the
+*same* directory (``os.replace`` is only atomic within one file system), is
+flushed and fsynced, renamed over the final name, and then the directory itself
+is fsynced so that the rename survives a power cut.
+
+A writer killed with SIGKILL cannot clean up its temporary file; the file name
+carries the writer's pid so that :func:`remove_stale_temporaries` can later
+remove leftovers whose writer is gone, without touching a live writer's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}."
+
+
+def _temp_name(final: Path) -> Path:
+    return final.with_name(f"{_temp_prefix(final)}{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+
+
+def fsync_directory(directory: str | Path) -> None:
+    """Make a rename or new file in ``directory`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened; rename durability is the OS's job there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """Yield a binary file; on a clean exit it replaces ``path`` atomically, on an error it vanishes.
+
+    Use for data produced in pieces (a large engine, a streamed report) so that it
+    never has to be held in memory twice.
+    """
+    final = Path(path)
+    directory = final.parent if str(final.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot write {final}: folder {directory} does not exist")
+    temp = _temp_name(final)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_directory(directory)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename, fsync folder)."""
+    with atomic_writer(path, mode) as fh:
+        fh.write(data)
+
+
+def atomic_write_json(path: str | Path, obj: Any, mode: int = 0o644) -> None:
+    """Write ``obj`` as indented, key-sorted UTF-8 JSON atomically (stable output diffs well)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Leftover temporary files for ``path`` whose writing process no longer exists."""
+    final = Path(path)
+    directory = final.parent if str(final.parent) else Path(".")
+    prefix = _temp_prefix(final)
+    found: list[Path] = []
+    if not directory.is_dir():
+        return found
+    for entry in directory.iterdir():
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+            continue
+        middle = name[len(prefix) : -len(_TEMP_SUFFIX)]
+        pid_text = middle.split(".", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            found.append(entry)
+    return sorted(found)
+
+
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Delete leftovers of killed writers of ``path``; returns how many were removed."""
+    removed = 0
+    for entry in stale_temporaries(path):
+        try:
+            entry.unlink()
+            removed += 1
+            log.info("removed %s, left by a writer that was killed", entry)
+        except OSError as exc:
+            log.warning("could not remove stale temporary %s: %s", entry, exc)
+    return removed

@@ -1,0 +1,62 @@
+"""`facediag verify BUNDLE --precision P --inputs CROPS`: prove an engine against ONNX Runtime on this device."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "verify"
+HELP = "prove this station's engine: compare it with ONNX Runtime on real crops (exit 1 below the gate)"
+DESCRIPTION = (
+    "Runs the bundle's TensorRT engine and the ONNX model it was built from (ONNX Runtime, CPU) on the same "
+    "inputs and checks top-1 agreement (--min-agreement, default 0.99) and the largest class-probability "
+    "difference (--max-prob-diff; default 0.01 fp32, 0.03 fp16, 0.10 int8). The result is recorded in the "
+    "engine's manifest. Exit status: 0 passed, 1 failed the gate (or another error), 78 bad options. "
+    "With --backend onnxruntime it checks the bundle's PRECISION model under ONNX Runtime against FP32 "
+    "instead (for CPU-only stations). INPUTS: a calibration set folder, a .npy array (N x 3 x H x W, 0..255), "
+    "or a folder of aligned crops from `facediag crop`."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="model bundle folder")
+    parser.add_argument("--precision", default="fp16", help="fp32, fp16 or int8 (default fp16)")
+    parser.add_argument("--inputs", type=Path, required=True, help="calibration set, .npy inputs, or aligned crops")
+    parser.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
+    parser.add_argument("--reference", default=None,
+                        help="ONNX to compare with: 'source' (the engine's own ONNX, default for tensorrt) or a "
+                             "bundle precision such as fp32 (default for onnxruntime)")
+    parser.add_argument("--min-agreement", type=float, default=0.99, help="minimum top-1 agreement (default 0.99)")
+    parser.add_argument("--max-prob-diff", type=float, default=None, help="largest allowed probability difference")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
+    parser.add_argument("--batch-size", type=int, default=8, help="inputs per inference call (default 8)")
+    parser.add_argument("--engine-dir", type=Path, default=None, help="folder holding the engine (default: bundle)")
+    parser.add_argument("--no-record", action="store_true", help="do not write the result into the engine manifest")
+
+
+def run(args: argparse.Namespace) -> int:
+    from converters.verify import load_inputs, verify_bundle
+    from edge.bundle import load_bundle
+    from edge.errors import ConfigError
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    contract = load_bundle(args.bundle).contract
+    inputs = load_inputs(args.inputs, contract, limit=args.limit)
+    result = verify_bundle(
+        args.bundle,
+        args.precision,
+        inputs,
+        backend=args.backend,
+        reference=args.reference,
+        min_agreement=args.min_agreement,
+        max_prob_diff=args.max_prob_diff,
+        batch_size=args.batch_size,
+        engine_dir=args.engine_dir,
+        inputs_name=str(args.inputs),
+        record=not args.no_record,
+    )
+    print(result.summary())
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.passed else 1
