@@ -46,7 +46,7 @@ TEMPLATES: dict[str, tuple[int, int, np.ndarray]] = {
     # SphereFace / MobileFaceNet crop: the ArcFace points shifted 8 px left on a 96-wide crop.
     "sphereface_112x96": (112, 96, _ARCFACE_112 - np.array([8.0, 0.0])),
     # FaceNet was trained on loose MTCNN crops (box + margin); the face is smaller than in ArcFace.
-    "facenet_160x160": (160, 160, _scaled_template(160, 0.80)),
+    "facenet_160x160": (160, 160, _scaled_template(160, 0.90)),
     # VGG-Face crops include the whole head.
     "vggface_224x224": (224, 224, _scaled_template(224, 0.70)),
 }
