@@ -42,6 +42,7 @@ Sections and defaults::
     precision = "auto"         # auto | fp32 | fp16 | int8-cpu | int8-tensorrt
     # threads = 4              # ONNX Runtime intra-op threads (unset = ORT's default)
     providers = []             # ONNX Runtime providers in order of preference (empty = automatic)
+    # verify_inputs = "/var/lib/facediag/verify"   # crops / calibration set for `facediag verify --config`
 
     [screening]
     good_frames = 8            # good frames of one subject needed for a decision
@@ -133,6 +134,8 @@ class EngineConfig:
     precision: Literal["auto", "fp32", "fp16", "int8-cpu", "int8-tensorrt"] = "auto"
     threads: int | None = field(default=None, metadata=_meta(min=1, max=256))
     providers: tuple[str, ...] = ()
+    # Crops or a calibration set that `facediag verify --config` runs the engine on (engine-build unit).
+    verify_inputs: str | None = field(default=None, metadata=_meta(path=True))
 
 
 @dataclass(frozen=True)

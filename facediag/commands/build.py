@@ -20,8 +20,14 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, help="model bundle folder")
+    parser.add_argument("bundle", type=Path, nargs="?", help="model bundle folder (or give --config)")
     parser.add_argument("--precision", default="fp16", help="fp32, fp16 or int8 (default fp16)")
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="station.toml: take bundle and precision from [engine]; exits 0 without building when the station "
+        "runs ONNX Runtime (no TensorRT here, backend onnxruntime, precision int8-cpu) or a current engine exists "
+        "(what the engine-build systemd unit runs)",
+    )
     parser.add_argument("--opt-batch", type=int, default=1, help="batch size TensorRT optimises for (default 1)")
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the engine accepts (default 8)")
     parser.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace limit in MiB (default 1024)")
@@ -40,6 +46,19 @@ def run(args: argparse.Namespace) -> int:
     from converters.tensorrt_build import build_engine
     from edge.errors import ConfigError
 
+    if args.config is not None:
+        from facediag.commands._station_engine import plan_from_config
+
+        plan = plan_from_config(args.config)
+        if plan.precision is None:
+            print(f"nothing to build: {plan.reason}")
+            return 0
+        args.bundle, args.precision = plan.bundle, plan.precision
+        if _engine_is_current(args.bundle, args.precision):
+            print(f"engine for {args.bundle} ({args.precision}) is current for this device: nothing to build")
+            return 0
+    if args.bundle is None:
+        raise ConfigError("give a BUNDLE folder, or --config station.toml")
     calibration = None
     if args.calibration is not None:
         if not args.legacy_calibrator:
@@ -75,3 +94,29 @@ def run(args: argparse.Namespace) -> int:
         "next": f"facediag verify {args.bundle} --precision {args.precision} --inputs CROPS",
     }, indent=2))
     return 0
+
+
+def _engine_is_current(bundle: Path, precision: str) -> bool:
+    """Whether an engine whose manifest matches this device and the bundle's model already exists."""
+    from edge.bundle import load_bundle
+    from edge.engine.manifest import (
+        EngineManifest,
+        compare_manifest,
+        engine_file_name,
+        manifest_path_for,
+        normalize_precision,
+        source_precision,
+    )
+    from edge.engine.tensorrt import import_pycuda, import_tensorrt, probe_device
+
+    b = load_bundle(bundle)
+    key = normalize_precision(precision)
+    manifest_file = manifest_path_for(Path(bundle) / engine_file_name(key))
+    if not manifest_file.is_file():
+        return False
+    manifest = EngineManifest.load(manifest_file)
+    src = source_precision(key, bool(manifest.builder_options.get("legacy_calibrator")))
+    if src not in b.precisions:
+        return False
+    device = probe_device(import_tensorrt(), import_pycuda())
+    return not compare_manifest(manifest, device, b.files[b.precisions[src].file], key, bundle=str(bundle))

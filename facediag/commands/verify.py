@@ -20,9 +20,14 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, help="model bundle folder")
+    parser.add_argument("bundle", type=Path, nargs="?", help="model bundle folder (or give --config)")
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="station.toml: bundle, precision and inputs (engine.verify_inputs) from [engine]; exits 0 when the "
+        "station runs ONNX Runtime and there is no engine to verify (what the engine-build systemd unit runs)",
+    )
     parser.add_argument("--precision", default="fp16", help="fp32, fp16 or int8 (default fp16)")
-    parser.add_argument("--inputs", type=Path, required=True, help="calibration set, .npy inputs, or aligned crops")
+    parser.add_argument("--inputs", type=Path, default=None, help="calibration set, .npy inputs, or aligned crops")
     parser.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
     parser.add_argument("--reference", default=None,
                         help="ONNX to compare with: 'source' (the engine's own ONNX, default for tensorrt) or a "
@@ -40,6 +45,21 @@ def run(args: argparse.Namespace) -> int:
     from edge.bundle import load_bundle
     from edge.errors import ConfigError
 
+    if args.config is not None:
+        from facediag.commands._station_engine import plan_from_config
+
+        plan = plan_from_config(args.config)
+        if plan.precision is None:
+            print(f"nothing to verify: {plan.reason}")
+            return 0
+        if plan.verify_inputs is None:
+            raise ConfigError(
+                "engine.verify_inputs is not set in the station config: point it at real aligned crops or a "
+                "calibration set (facediag calibrate) for verify to run the engine on"
+            )
+        args.bundle, args.precision, args.inputs = plan.bundle, plan.precision, plan.verify_inputs
+    if args.bundle is None or args.inputs is None:
+        raise ConfigError("give BUNDLE and --inputs, or --config station.toml")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     contract = load_bundle(args.bundle).contract
