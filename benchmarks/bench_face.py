@@ -79,8 +79,8 @@ def main() -> int:
     faces = [detectors["yunet"].detect(f)[0] for f in frames]
     for template in ("arcface_112x112", "facenet_160x160"):
         contract = PreprocessContract(template)
-        pairs = list(zip(frames, faces))
-        times = time_ms(lambda fp: align_face(fp[0], fp[1].landmarks, contract), pairs, args.repeat)  # type: ignore[arg-type]
+        pairs = list(zip(frames, faces, strict=True))
+        times = time_ms(lambda fp, c=contract: align_face(fp[0], fp[1].landmarks, c), pairs, args.repeat)  # type: ignore[misc]
         rows.append((f"align {template}", times))
     print(f"{'stage (640x480 frame)':<28}{'median ms':>10}{'p90 ms':>10}")
     for name, times in rows:

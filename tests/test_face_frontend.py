@@ -140,3 +140,30 @@ def test_pose_figures_from_landmarks() -> None:
     assert pose_from_landmarks(frontal @ rot.T)["roll_deg"] == pytest.approx(30, abs=0.5)
     reasons = assess(Face((0, 0, 200, 200), (frontal @ rot.T).astype(np.float32), 1.0), None, QualityGates()).reasons
     assert any(s.startswith("head tilted") for s in reasons)
+
+
+def test_shrinking_to_the_gate_loses_no_face_the_gate_would_pass(yunet: YuNetDetector) -> None:
+    """The station detects on a copy shrunk as far as min_face_px allows: same subjects, same places."""
+    import cv2
+
+    from edge.face.pipeline import detect_scale
+    from edge.screening.session import iou
+
+    assert detect_scale((480, 640, 3), "yunet", 64.0, 640) == 0.5
+    assert detect_scale((480, 640, 3), "yunet", None, 640) == 1.0
+    assert detect_scale((2160, 3840, 3), "yunet", None, 640) == 640 / 3840
+    gates = QualityGates(min_face_px=64)
+    full = FaceFrontEnd(yunet, ARCFACE, gates)
+    shrunk = FaceFrontEnd(yunet, ARCFACE, gates, shrink_to_gate=True)
+    compared = 0
+    for p in sorted(fixture_path("faces/yale").iterdir())[::6]:
+        frame = cv2.resize(load_image(p), (640, 480))
+        a, b = full.process(frame), shrunk.process(frame)
+        assert shrunk.detect_size == (320, 240)
+        if a.face is None or min(a.face.width, a.face.height) < 64:
+            continue
+        compared += 1
+        assert b.face is not None
+        assert iou(a.face.box, b.face.box) > 0.75
+        assert np.linalg.norm(a.face.landmarks - b.face.landmarks, axis=1).mean() < 0.1 * a.face.width
+    assert compared >= 20

@@ -57,8 +57,37 @@ def _to_frame(face: Face, scale: float, dx: int, dy: int, w: int, h: int) -> Fac
     return Face(box=clip_box((x1 - dx, y1 - dy, x2 - dx, y2 - dy), w, h), landmarks=lm, score=face.score)
 
 
+# Smallest face each detector finds reliably, in the pixels it is given. The quality gate
+# ``min_face_px`` rejects smaller faces anyway, so frames can be detected at the scale where a face
+# of exactly ``min_face_px`` shrinks to this size: 640x480 with the default 64 px gate is detected
+# at 320x240 by YuNet, a quarter of the cost, and no face that the gate would pass is lost.
+DETECTOR_MIN_FACE_PX = {"yunet": 32.0, "mtcnn": 40.0}
+MIN_DETECT_SIDE = 160
+
+
+def detect_scale(
+    frame_shape: tuple[int, ...], detector_name: str, min_face_px: float | None, max_side: int | None
+) -> float:
+    """Factor (<= 1) by which a frame of this shape is shrunk before detection."""
+    longest = float(max(frame_shape[0], frame_shape[1]))
+    scale = min(1.0, max_side / longest) if max_side else 1.0
+    smallest = DETECTOR_MIN_FACE_PX.get(detector_name)
+    if smallest is not None and min_face_px:
+        scale = min(scale, smallest / float(min_face_px))
+    scale = max(scale, min(1.0, MIN_DETECT_SIDE / longest))
+    return 1.0 if scale > 0.97 else scale
+
+
 class FaceFrontEnd:
-    """Detector + subject choice + alignment + quality gates, for one preprocessing contract."""
+    """Detector + subject choice + alignment + quality gates, for one preprocessing contract.
+
+    Detection runs on a shrunken copy of large frames (``max_detect_side``): detectors miss faces
+    far larger than those they were trained on (YuNet misses 1000+ px faces in 4000 px photos), and
+    it is faster. With ``shrink_to_gate`` the copy is shrunk further, as far as the quality gate's
+    ``min_face_px`` allows without losing a face that could pass (see ``detect_scale``): what a
+    station wants, and wrong for photo folders where small faces are cropped with a warning. The
+    resize buffer is reused while frames keep their shape. Alignment samples the full-resolution image.
+    """
 
     def __init__(
         self,
@@ -67,42 +96,64 @@ class FaceFrontEnd:
         gates: QualityGates | None = None,
         pad_fraction: float = 0.0,
         max_detect_side: int | None = 640,
+        shrink_to_gate: bool = False,
     ) -> None:
         self.detector = detector
         self.contract = contract
         self.gates = gates if gates is not None else QualityGates.off()
         self.pad_fraction = pad_fraction
         self.max_detect_side = max_detect_side
+        self.shrink_to_gate = shrink_to_gate
+        self._shape: tuple[int, ...] | None = None
+        self._scale = 1.0
+        self._small: np.ndarray | None = None
+
+    @property
+    def detect_size(self) -> tuple[int, int] | None:
+        """(width, height) that the last frame shape is detected at, or None when at full size."""
+        return None if self._small is None else (self._small.shape[1], self._small.shape[0])
+
+    def _configure(self, shape: tuple[int, ...]) -> None:
+        self._shape = shape
+        min_face = self.gates.min_face_px if self.shrink_to_gate else None
+        self._scale = detect_scale(shape, getattr(self.detector, "name", ""), min_face, self.max_detect_side)
+        if self._scale < 1.0:
+            h, w = shape[:2]
+            self._small = np.empty((max(1, round(h * self._scale)), max(1, round(w * self._scale)), 3), np.uint8)
+        else:
+            self._small = None
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        """All faces, in the coordinates of ``image_bgr``.
-
-        Large photos are downscaled so that their longer side is ``max_detect_side`` before
-        detection: detectors miss faces that are far larger than the faces they were trained
-        on (YuNet misses 1000+ px faces in 4000 px photos), and it is faster. Alignment still
-        samples the full-resolution image.
-        """
+        """All faces, in the coordinates of ``image_bgr``."""
         import cv2
 
         padded, dx, dy = pad_image(image_bgr, self.pad_fraction)
-        scale = 1.0
-        longest = max(padded.shape[:2])
-        if self.max_detect_side and longest > self.max_detect_side:
-            scale = self.max_detect_side / longest
-            padded = cv2.resize(padded, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        faces = self.detector.detect(padded)
-        if dx or dy or scale != 1.0:
+        if padded.shape != self._shape:
+            self._configure(padded.shape)
+        small = self._small
+        if small is None:
+            faces = self.detector.detect(padded)
+            scale = 1.0
+        else:
+            cv2.resize(padded, (small.shape[1], small.shape[0]), dst=small, interpolation=cv2.INTER_AREA)
+            faces = self.detector.detect(small)
+            scale = small.shape[1] / padded.shape[1]
+        if faces and (dx or dy or scale != 1.0):
             h, w = image_bgr.shape[:2]
             faces = [_to_frame(f, scale, dx, dy, w, h) for f in faces]
         return faces
+
+    def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
+        """The contract's aligned crop of ``face`` (from the padded image, so faces at the border keep context)."""
+        if self.pad_fraction <= 0:
+            return align_face(image_bgr, face.landmarks, self.contract)
+        padded, dx, dy = pad_image(image_bgr, self.pad_fraction)
+        return align_face(padded, face.landmarks + np.array([dx, dy], dtype=np.float32), self.contract)
 
     def process(self, image_bgr: np.ndarray) -> FrontEndResult:
         faces = self.detect(image_bgr)
         subject = choose_subject(faces, image_bgr.shape)
         if subject is None:
             return FrontEndResult(face=None, crop=None, quality=QualityReport(reasons=[NO_FACE]), faces=faces)
-        # Align from the padded image so that faces touching the border keep their context.
-        padded, dx, dy = pad_image(image_bgr, self.pad_fraction)
-        crop = align_face(padded, subject.landmarks + np.array([dx, dy], dtype=np.float32), self.contract)
-        quality = assess(subject, crop, self.gates)
-        return FrontEndResult(face=subject, crop=crop, quality=quality, faces=faces)
+        crop = self.align(image_bgr, subject)
+        return FrontEndResult(face=subject, crop=crop, quality=assess(subject, crop, self.gates), faces=faces)

@@ -41,7 +41,7 @@ def decide(
         raise ValueError(f"{len(p)} probabilities for {len(classes)} classes")
     if healthy_class not in classes:
         raise ValueError(f"healthy class {healthy_class!r} is not one of {list(classes)}")
-    probs = {c: float(v) for c, v in zip(classes, p)}
+    probs = {c: float(v) for c, v in zip(classes, p, strict=True)}
     crossing = [
         c for c in classes if c != healthy_class and probs[c] >= float(thresholds.get(c, DEFAULT_THRESHOLD))
     ]

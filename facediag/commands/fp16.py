@@ -1,0 +1,52 @@
+"""`facediag fp16 BUNDLE`: an FP16 ONNX (float32 input/output), accuracy-gated against FP32."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "fp16"
+HELP = "make an FP16 model (float32 IO) for TensorRT / GPUs; added only if it passes the accuracy gate"
+DESCRIPTION = (
+    "Converts the bundle's FP32 ONNX to FP16 (weights and most ops; scaling reductions, L2 norm and softmax "
+    "stay FP32; input and output stay float32) and compares it with FP32 on CPU on real images: all rows of "
+    "--calib SET and/or the labelled --val set. A model that fails the gate is deleted and not added."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from facediag.commands.quantize import add_gate_arguments
+
+    parser.add_argument("bundle", type=Path, help="model bundle folder")
+    parser.add_argument("--calib", type=Path, default=None, help="calibration set whose images the gate compares on")
+    add_gate_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from calibration.calibration_set import load_calibration_set
+    from converters.fp16 import convert_to_fp16
+    from converters.gate import gate_and_add
+    from edge.bundle import PRECISION_FILES, load_bundle
+    from edge.errors import ConfigError
+    from facediag.commands.quantize import gate_inputs
+
+    if args.calib is None and args.val is None:
+        raise ConfigError("the FP16 accuracy gate needs real images: pass --calib SET (from `facediag calibrate`) and/or --val")
+    bundle = load_bundle(args.bundle)
+    # Nothing is fitted to the images for FP16, so every row of the set can be used for the gate.
+    images = load_calibration_set(args.calib, bundle).inputs if args.calib else np.zeros(
+        (0, 3, bundle.contract.height, bundle.contract.width), np.float32)
+    criteria, val = gate_inputs(args, bundle)
+    candidate = bundle.path / f".{PRECISION_FILES['fp16']}.candidate"
+    try:
+        convert_to_fp16(bundle.model_path("fp32"), candidate)
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    settings = {"tool": "onnxruntime.transformers.float16", "io": "float32", "kept_fp32": "reductions, L2 norm, softmax"}
+    result = gate_and_add(bundle, "fp16", candidate, images, criteria, val, settings=settings, threads=args.threads)
+    print(json.dumps({"precision": "fp16", "file": PRECISION_FILES["fp16"], "gate": result.to_dict()}))
+    return 0

@@ -1,0 +1,344 @@
+"""Export, calibration, FP16 and INT8 on a real trained checkpoint, through the real CLI.
+
+The checkpoint is trained once per session with ``training.train`` (DTL2:
+MobileFaceNet CASIA-WebFace features + linear SVM) on a few CelebA photos
+(the "Male" attribute: female vs male, 24 + 6 per class), then exported,
+calibrated and quantised with the ``facediag`` commands, on real faces found by
+YuNet. Expensive steps are session fixtures; each test checks one promise.
+
+About the INT8 criteria used here: on this CPU and this weakly separable task,
+MobileFaceNet INT8 (ONNX Runtime QDQ; PReLU has no quantised kernel) agrees
+with FP32 on ~92-97 % of held-out photos, below the 99 % default, so with the
+defaults ``facediag quantize`` (correctly) refuses it. The INT8 tests therefore
+pass explicit criteria that a correctly calibrated model meets and a broken
+one does not (agreement >= 85 %, probability difference <= 0.25: wrong ranges
+or wrong signedness drop agreement to chance); the refusal with the defaults is
+its own test, and the benchmark reports the real figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from tests.conftest import FIXTURES  # noqa: E402
+
+CELEBA = FIXTURES / "faces" / "celeba"
+MFN = FIXTURES / "models" / "mobilefacenet_112x96_casia.ckpt"
+YUNET = FIXTURES / "models" / "face_detection_yunet_2026may.onnx"
+DETECT = ["--detector", "yunet", "--detector-model", str(YUNET)]
+
+
+def _need_fixtures() -> None:
+    for p in (CELEBA, MFN, YUNET):
+        if not p.exists():
+            pytest.skip(f"needs ../shared/fixtures ({p.relative_to(FIXTURES)} is absent)")
+
+
+def _cli(*argv: str) -> int:
+    from facediag.cli import main
+
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _need_fixtures()
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="session")
+def labels_csv(work: Path) -> Path:
+    """image,label,split rows from CelebA's Male attribute: 24 train, 6 val, 20 test, 40 calibration per class."""
+    lines = (CELEBA / "list_attr_celeba.txt").read_text().splitlines()
+    male = lines[1].split().index("Male")
+    by_label: dict[str, list[str]] = {"female": [], "male": []}
+    for line in lines[2:]:
+        parts = line.split()
+        if len(parts) == 41:
+            by_label["male" if parts[1 + male] == "1" else "female"].append(parts[0])
+    rng = random.Random(7)
+    rows = []
+    for label, names in by_label.items():
+        names = sorted(names)[:600]
+        rng.shuffle(names)
+        take = {"train": 24, "val": 6, "test": 20, "calib": 40}
+        start = 0
+        for split, n in take.items():
+            rows += [(name, label, split) for name in names[start : start + n]]
+            start += n
+    path = work / "celeba_male.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label", "split"])
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(work: Path, labels_csv: Path) -> Path:
+    from training.train import TrainConfig, run_training
+
+    train_csv = work / "train.csv"
+    with labels_csv.open() as src, train_csv.open("w", newline="") as dst:
+        rows = [r for r in csv.DictReader(src) if r["split"] in ("train", "val", "test")]
+        w = csv.DictWriter(dst, fieldnames=["image", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    out = work / "ckpt"
+    run_training(
+        TrainConfig(
+            out=out, backbone="mobilefacenet", strategy="dtl2", csv_path=train_csv, images_dir=CELEBA, weights=MFN,
+            detector="yunet", detector_model=YUNET, healthy="female", progress=False, threads=2,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(work: Path, checkpoint: Path, labels_csv: Path) -> Path:
+    out = work / "bundle"
+    assert _cli("export", checkpoint, out, "--images", CELEBA, "--csv", labels_csv, "--count", "16", *DETECT) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def calib(work: Path, bundle: Path, labels_csv: Path) -> Path:
+    out = work / "calib"
+    rc = _cli("calibrate", bundle, CELEBA, out, "--csv", labels_csv, "--split", "calib", "--count", "80",
+              "--holdout", "0.5", "--seed", "3", *DETECT)
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_inputs(work: Path, bundle: Path, labels_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Real aligned test crops (not used for training, parity or calibration) and their labels."""
+    from calibration.calibration_set import Cropper, load_labelled_inputs
+    from edge.bundle import load_bundle
+    from edge.face.detector import make_detector
+
+    b = load_bundle(bundle)
+    inputs, labels, _ = load_labelled_inputs(labels_csv, b.contract, b.classes, images_dir=CELEBA, split="test",
+                                            cropper=Cropper(b.contract, make_detector("yunet", YUNET)))
+    return inputs, labels
+
+
+def test_export_matches_pytorch_on_real_crops(bundle: Path, checkpoint: Path, test_inputs) -> None:
+    import torch
+
+    from edge.bundle import load_bundle
+    from edge.engine.onnxruntime import OrtEngine
+    from training.checkpoint import load_classifier
+
+    b = load_bundle(bundle)
+    gate = b.precisions["fp32"].gate
+    assert gate["images"] == 16 and gate["max_abs_diff"] <= 1e-4
+    inputs, _ = test_inputs
+    model, meta = load_classifier(checkpoint)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(inputs)).numpy()
+    got = OrtEngine(b.model_path("fp32")).infer(inputs)
+    assert np.abs(got - ref).max() <= 1e-4
+    assert b.classes == meta["classes"] == ["female", "male"] and b.healthy_class == "female"
+    assert b.source_checkpoint["sha256"] == __import__("hashlib").sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_exported_graph_is_valid_self_contained_and_dynamic(bundle: Path, test_inputs) -> None:
+    from edge.engine.onnxruntime import OrtEngine
+
+    path = bundle / "model.onnx"
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "model.onnx"] or (bundle / "bundle.json").exists()
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["probabilities"]
+    assert not any(n.op_type == "PRelu" for n in model.graph.node)  # rewritten for ONNX Runtime's CPU speed
+    assert json.loads((bundle / "bundle.json").read_text())["export"]["prelu"] == "decompose"
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 112, 96]
+    inputs, _ = test_inputs
+    engine = OrtEngine(path)
+    five = engine.infer(inputs[:5])
+    one = np.concatenate([engine.infer(inputs[i : i + 1]) for i in range(5)])
+    assert five.shape == (5, 2)
+    np.testing.assert_allclose(five, one, atol=1e-5)
+    np.testing.assert_allclose(five.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_model_is_better_than_chance_on_held_out_photos(bundle: Path, test_inputs) -> None:
+    """Guards the fixture: a model that learnt nothing would make every later agreement figure meaningless."""
+    from edge.engine.onnxruntime import OrtEngine
+
+    inputs, labels = test_inputs
+    acc = (OrtEngine(bundle / "model.onnx").infer(inputs).argmax(1) == labels).mean()
+    assert acc >= 0.6  # 40 photos, 2 classes: chance is 0.5
+
+
+def test_calibration_set_is_stratified_verified_and_has_a_holdout(calib: Path, bundle: Path) -> None:
+    from calibration.calibration_set import CalibrationError, load_calibration_set
+    from calibration.readers import OrtCalibrationReader, iter_batches
+    from edge.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    cset = load_calibration_set(calib, b)
+    m = cset.manifest
+    assert m["contract"] == b.contract.to_dict()
+    assert m["bundle"]["model_sha256"] == b.files["model.onnx"]
+    assert len(cset.items) == m["count"] >= 70  # a few photos may have no detectable face
+    labels_calib = [it.label for it in cset.items if it.split == "calib"]
+    labels_hold = [it.label for it in cset.items if it.split == "holdout"]
+    for labels in (labels_calib, labels_hold):
+        counts = {c: labels.count(c) for c in ("female", "male")}
+        assert min(counts.values()) >= 0.35 * len(labels), counts
+    assert all(len(it.source_sha256) == 64 for it in cset.items)
+    assert cset.inputs.dtype == np.float32 and cset.inputs.shape[1:] == (3, 112, 96)
+    assert 0.0 <= cset.inputs.min() and cset.inputs.max() <= 255.0
+    # Readers: the calibration rows only, in order, same for ORT and TensorRT.
+    reader = OrtCalibrationReader(cset, batch_size=7)
+    first = [reader.get_next() for _ in range(len(reader))]
+    assert reader.get_next() is None
+    reader.rewind()
+    again = reader.get_next()
+    np.testing.assert_array_equal(again["input"], first[0]["input"])
+    np.testing.assert_array_equal(np.concatenate([d["input"] for d in first]), cset.calib_inputs)
+    batches = list(iter_batches(cset, 7, drop_last=True))
+    assert all(d["input"].shape[0] == 7 for d in batches) and len(batches) == len(cset.calib_inputs) // 7
+    # A changed array is caught.
+    arr = calib / "inputs.npy"
+    original = arr.read_bytes()
+    try:
+        data = bytearray(original)
+        data[-1] ^= 0x10
+        arr.write_bytes(bytes(data))
+        with pytest.raises(CalibrationError, match="inputs.npy does not match"):
+            load_calibration_set(calib)
+    finally:
+        arr.write_bytes(original)
+
+
+def _val_args(labels_csv: Path) -> list[str]:
+    return ["--val", str(labels_csv), "--val-images", str(CELEBA), "--val-split", "test", *DETECT]
+
+
+def test_fp16_passes_the_gate_and_keeps_float32_io(bundle: Path, calib: Path, labels_csv: Path) -> None:
+    from edge.bundle import load_bundle
+    from edge.engine.onnxruntime import OrtEngine
+
+    assert _cli("fp16", bundle, "--calib", calib, *_val_args(labels_csv)) == 0
+    b = load_bundle(bundle)
+    gate = b.precisions["fp16"].gate
+    assert gate["passed"] and gate["top1_agreement"] >= 0.99 and gate["accuracy_drop_points"] <= 1.0
+    model = onnx.load(str(b.model_path("fp16")))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) >= 40
+    out = OrtEngine(b.model_path("fp16"), precision="fp16").infer(np.full((2, 3, 112, 96), 128, np.float32))
+    assert out.dtype == np.float32 and out.shape == (2, 2)
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_int8_passes_the_gate_with_the_target_quantisation(bundle: Path, calib: Path, labels_csv: Path, target: str) -> None:
+    from onnx import numpy_helper
+
+    from edge.bundle import load_bundle
+
+    criteria = ["--min-agreement", "0.85", "--max-drop", "10", "--max-prob-diff", "0.25"]
+    assert _cli("quantize", bundle, "--calib", calib, "--target", target, *criteria, *_val_args(labels_csv)) == 0
+    b = load_bundle(bundle)
+    entry = b.precisions[f"int8-{target}"]
+    assert entry.target == target and entry.file == f"model.int8-{target}.onnx"
+    gate = entry.gate
+    assert gate["passed"] and gate["top1_agreement"] >= 0.85 and gate["max_prob_diff"] <= 0.25
+    assert gate["criteria"]["min_agreement"] == 0.85 and gate["settings"]["per_channel"] is True
+    assert gate["heldout_images"] >= 30 and gate["val_images"] >= 30
+    model = onnx.load(str(b.model_path(f"int8-{target}")))
+    inits = {t.name: t for t in model.graph.initializer}
+    quant = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quant) >= 30
+    zero_points = [numpy_helper.to_array(inits[n.input[2]]) for n in quant if len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points
+    if target == "tensorrt":  # signed and symmetric: TensorRT accepts nothing else
+        assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    else:  # unsigned activations for ONNX Runtime's fast CPU kernels
+        assert all(z.dtype == np.uint8 for z in zero_points)
+
+
+def test_int8_with_default_criteria_is_refused_when_it_drifts(bundle: Path, calib: Path, labels_csv: Path) -> None:
+    """With the defaults (>= 99 % agreement) this MobileFaceNet INT8 model is refused, and nothing changes."""
+    from edge.bundle import load_bundle
+
+    before = (bundle / "bundle.json").read_bytes()
+    rc = _cli("quantize", bundle, "--calib", calib, "--target", "cpu", "--method", "percentile", *_val_args(labels_csv))
+    if rc == 0:  # a future quantiser may do better: then the figures must meet the defaults
+        gate = load_bundle(bundle).precisions["int8-cpu"].gate
+        assert gate["top1_agreement"] >= 0.99 and gate["accuracy_drop_points"] <= 1.0
+        return
+    assert rc == 1
+    assert (bundle / "bundle.json").read_bytes() == before
+    assert not any(p.name.endswith(".candidate") for p in bundle.iterdir())
+
+
+def test_a_variant_that_fails_the_gate_is_not_added(bundle: Path, calib: Path) -> None:
+    before = (bundle / "bundle.json").read_bytes()
+    files_before = sorted(p.name for p in bundle.iterdir())
+    # Agreement above 100% cannot be met: the gate must reject, delete the file and leave bundle.json alone.
+    rc = _cli("fp16", bundle, "--calib", calib, "--min-agreement", "1.01")
+    assert rc == 1
+    assert (bundle / "bundle.json").read_bytes() == before
+    assert sorted(p.name for p in bundle.iterdir()) == files_before
+    from edge.bundle import load_bundle
+
+    load_bundle(bundle)
+
+
+def test_int8_without_calibration_data_is_refused(bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    before = (bundle / "bundle.json").read_bytes()
+    rc = _cli("quantize", bundle, "--target", "cpu")
+    assert rc == 78
+    assert "facediag calibrate" in caplog.text and "random" in caplog.text
+    assert (bundle / "bundle.json").read_bytes() == before
+
+
+def test_export_refuses_to_overwrite_and_parity_figure_is_in_bundle_json(bundle: Path, checkpoint: Path) -> None:
+    assert _cli("export", checkpoint, bundle, "--images", CELEBA, "--count", "2", *DETECT) == 1
+    doc = json.loads((bundle / "bundle.json").read_text())
+    assert doc["precisions"]["fp32"]["gate"]["reference"] == "pytorch"
+    assert doc["creator"].startswith("facediag ")
+
+
+def test_prelu_rewrite_is_exact_for_any_slope(tmp_path: Path) -> None:
+    """Relu(x) + slope * Min(x, 0) must equal PRelu for negative, zero, fractional and > 1 slopes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters.export import decompose_prelu
+
+    slope = np.array([-0.5, 0.0, 0.25, 3.0], np.float32).reshape(4, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["input", "slope"], ["probabilities"], name="p")],
+        "prelu",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4, 5, 6])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4, 5, 6])],
+        initializer=[numpy_helper.from_array(slope, "slope")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.random.default_rng(3).normal(size=(2, 4, 5, 6)).astype(np.float32) * 100
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert decompose_prelu(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Min", "Mul", "Add"]
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_array_equal(before, np.where(x > 0, x, slope * x))

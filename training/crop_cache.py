@@ -1,0 +1,198 @@
+"""Photos -> aligned crops through the face front-end, cached on disk so re-runs are fast.
+
+Training uses exactly the station's front-end (``edge.face.pipeline.FaceFrontEnd``)
+with the backbone's preprocessing contract, so the model sees at training time
+what it will see in a screening kiosk. Detection is the slow part, so each
+photo's result (its crop, or the reason it has none) is stored in an ``.npz``
+keyed by the photo's sha256, the contract, the detector and the small-image
+policy below: change any of them and the crop is recomputed, rename or move the
+photo and it is not.
+
+Small, tightly cropped photos (CelebA's 89x109 aligned faces, GENKI's 64x64)
+give a detector no context and too few pixels; they are upscaled to at least
+``min_side`` pixels and padded with replicated borders before detection. Photos
+in which no face is found are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import FacediagError
+from edge.face.contract import PreprocessContract
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE = Path(os.environ.get("FACEDIAG_CACHE", Path.home() / ".cache" / "facediag")) / "crops"
+SMALL_IMAGE_SIDE = 256  # photos smaller than this on their short side count as "tight crops"
+MIN_SIDE = 192  # ...and are upscaled to at least this
+SMALL_PAD_FRACTION = 0.3  # ...and padded by this fraction on each side
+UNREADABLE = "unreadable image"
+CACHE_VERSION = 1
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class CropSet:
+    """Crops for a list of samples. ``kept[i]`` indexes the input list; ``skipped`` counts reasons."""
+
+    crops: np.ndarray  # (K, H, W, 3) uint8 BGR
+    kept: list[int]
+    skipped: Counter = field(default_factory=Counter)
+    skipped_items: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
+
+
+def prepare_small(image_bgr: np.ndarray) -> tuple[np.ndarray, float]:
+    """Upscale a small photo so its short side is >= MIN_SIDE; returns (image, pad fraction to use)."""
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    if min(h, w) >= SMALL_IMAGE_SIDE:
+        return image_bgr, 0.0
+    scale = MIN_SIDE / float(min(h, w))
+    if scale > 1.0:
+        image_bgr = cv2.resize(
+            image_bgr, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_CUBIC
+        )
+    return image_bgr, SMALL_PAD_FRACTION
+
+
+class FaceCropper:
+    """Runs the face front-end on photos with the small-image policy; knows its own cache key."""
+
+    def __init__(self, detector, contract: PreprocessContract) -> None:  # detector: edge.face.detector.Detector
+        from edge.face.pipeline import FaceFrontEnd
+
+        self.detector = detector
+        self.contract = contract
+        self._plain = FaceFrontEnd(detector, contract, gates=None, pad_fraction=0.0)
+        self._padded = FaceFrontEnd(detector, contract, gates=None, pad_fraction=SMALL_PAD_FRACTION)
+
+    @property
+    def key(self) -> str:
+        """Everything that changes a crop except the photo itself."""
+        payload = {
+            "contract": self.contract.to_dict(),
+            "detector": getattr(self.detector, "name", type(self.detector).__name__),
+            "small": [SMALL_IMAGE_SIDE, MIN_SIDE, SMALL_PAD_FRACTION],
+            "version": CACHE_VERSION,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
+        """(aligned crop or None, reasons)."""
+        image, pad = prepare_small(image_bgr)
+        result = (self._padded if pad else self._plain).process(image)
+        if result.crop is None:
+            return None, list(result.reasons) or ["no face found"]
+        return result.crop, []
+
+
+def make_cropper(detector_name: str | None, detector_model: str | Path | None, contract: PreprocessContract) -> FaceCropper:
+    """Default detector: yunet when a model file is given, else mtcnn."""
+    from edge.face.detector import make_detector
+
+    name = detector_name or ("yunet" if detector_model else "mtcnn")
+    return FaceCropper(make_detector(name, detector_model), contract)
+
+
+def _load(path: Path) -> np.ndarray:
+    from edge.face.imageio import load_image
+
+    return load_image(path)
+
+
+class CropCache:
+    """``root/<cropper key>/<sha[:2]>/<sha>.npz`` holding ``crop`` (or an empty array) and ``reasons``."""
+
+    def __init__(self, root: str | Path | None, cropper: FaceCropper) -> None:
+        self.root = Path(root) if root is not None else None
+        self.cropper = cropper
+        self.hits = 0
+        self.misses = 0
+
+    def _entry(self, sha: str) -> Path | None:
+        if self.root is None:
+            return None
+        return self.root / self.cropper.key / sha[:2] / f"{sha}.npz"
+
+    def get(self, path: Path) -> tuple[np.ndarray | None, list[str]]:
+        try:
+            sha = file_sha256(path)
+        except OSError as exc:
+            return None, [f"{UNREADABLE}: {exc.strerror or exc}"]
+        entry = self._entry(sha)
+        if entry is not None and entry.is_file():
+            try:
+                with np.load(entry, allow_pickle=False) as z:
+                    crop = z["crop"]
+                    reasons = [str(r) for r in z["reasons"]]
+                self.hits += 1
+                return (crop if crop.size else None), reasons
+            except (OSError, ValueError, KeyError):
+                log.warning("crop cache entry %s is damaged; recomputing", entry)
+        self.misses += 1
+        try:
+            image = _load(path)
+        except FacediagError as exc:
+            crop, reasons = None, [f"{UNREADABLE}: {exc}"]
+        else:
+            crop, reasons = self.cropper.crop(image)
+        if entry is not None:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(entry.name + f".{os.getpid()}.tmp.npz")
+            np.savez_compressed(
+                tmp,
+                crop=crop if crop is not None else np.zeros((0,), np.uint8),
+                reasons=np.array(reasons, dtype=str),
+            )
+            os.replace(tmp, entry)
+        return crop, reasons
+
+    def crop_all(
+        self,
+        paths: Sequence[Path],
+        wheres: Sequence[str] | None = None,
+        desc: str = "crops",
+        progress: bool = True,
+        on_item: Callable[[int], None] | None = None,
+    ) -> CropSet:
+        """Crops for ``paths``; photos without a face are skipped and their reasons counted."""
+        from tqdm import tqdm
+
+        c = self.cropper.contract
+        crops: list[np.ndarray] = []
+        kept: list[int] = []
+        skipped: Counter = Counter()
+        items: list[tuple[str, str]] = []
+        for i, p in enumerate(tqdm(paths, desc=desc, unit="photo", disable=not progress, leave=False)):
+            crop, reasons = self.get(Path(p))
+            if crop is None:
+                reason = reasons[0].split(":")[0] if reasons else "no face found"
+                skipped[reason] += 1
+                items.append((wheres[i] if wheres else str(p), "; ".join(reasons)))
+            else:
+                crops.append(crop)
+                kept.append(i)
+            if on_item:
+                on_item(i)
+        arr = np.stack(crops) if crops else np.zeros((0, c.height, c.width, 3), np.uint8)
+        if skipped:
+            log.info("%s: skipped %d of %d photos (%s)", desc, sum(skipped.values()), len(paths), dict(skipped))
+        return CropSet(crops=arr, kept=kept, skipped=skipped, skipped_items=items)

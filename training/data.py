@@ -1,0 +1,248 @@
+"""Labelled photos for training: read a folder tree or a split CSV, check it, split it.
+
+Two layouts are accepted:
+
+- a folder of class sub-folders (``DIR/<class>/*.jpg``), optionally one level
+  deeper per split (``DIR/train/<class>/...``, ``DIR/val/...``, ``DIR/test/...``);
+- a CSV with columns ``image,label,split`` (split one of train / val / test) and
+  an images folder the ``image`` paths are relative to.
+
+When there is no validation split, a stratified one is carved out of train with
+a seeded generator, because calibration and model selection must never look at
+the photos they are judged on.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ConfigError, FacediagError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"}
+DEFAULT_VAL_FRACTION = 0.2
+
+
+class DatasetError(FacediagError):
+    """The training data is malformed (missing files, unknown split, too few images in a class)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled photo. ``where`` says where it came from (CSV row or folder), for error messages."""
+
+    path: Path
+    label: str
+    split: str
+    where: str = ""
+
+
+@dataclass
+class Dataset:
+    """Samples plus the class list (index = model output index) and the healthy class, if any."""
+
+    samples: list[Sample]
+    classes: list[str]
+    healthy_class: str | None
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """split -> class -> number of samples (every class listed, zeros included)."""
+        out: dict[str, dict[str, int]] = {}
+        for sp in SPLITS:
+            c = Counter(s.label for s in self.samples if s.split == sp)
+            if c:
+                out[sp] = {k: int(c.get(k, 0)) for k in self.classes}
+        return out
+
+    def label_index(self, samples: list[Sample]) -> np.ndarray:
+        idx = {c: i for i, c in enumerate(self.classes)}
+        return np.array([idx[s.label] for s in samples], dtype=np.int64)
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def read_folder(root: str | Path) -> list[Sample]:
+    """Samples from ``root/<class>/*`` (all train) or ``root/<split>/<class>/*``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"--data {root}: not a folder; give a folder with one sub-folder per class")
+    subdirs = _class_dirs(root)
+    split_dirs = [d for d in subdirs if d.name in SPLITS]
+    samples: list[Sample] = []
+    if split_dirs:
+        others = [d.name for d in subdirs if d.name not in SPLITS]
+        if others:
+            raise DatasetError(
+                f"{root}: has split folders ({', '.join(d.name for d in split_dirs)}) and other folders "
+                f"({', '.join(others)}); use either <class>/ or <split>/<class>/ sub-folders, not both"
+            )
+        layout = [(d.name, d) for d in split_dirs]
+    else:
+        layout = [("train", root)]
+    for split, base in layout:
+        for cdir in _class_dirs(base):
+            for p in sorted(cdir.iterdir()):
+                if _is_image(p):
+                    samples.append(Sample(p, cdir.name, split, where=str(p)))
+    if not samples:
+        raise DatasetError(
+            f"{root}: no images found; expected {root}/<class>/<photo>.jpg (suffixes {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return samples
+
+
+def read_csv(csv_path: str | Path, images_dir: str | Path) -> list[Sample]:
+    """Samples from an ``image,label,split`` CSV; every problem names its row."""
+    csv_path, images_dir = Path(csv_path), Path(images_dir)
+    if not csv_path.is_file():
+        raise DatasetError(f"--csv {csv_path}: no such file")
+    if not images_dir.is_dir():
+        raise DatasetError(f"--images {images_dir}: not a folder")
+    samples: list[Sample] = []
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing_cols = {"image", "label"} - set(reader.fieldnames or [])
+        if missing_cols:
+            raise DatasetError(
+                f"{csv_path}: header must name the columns image,label[,split]; missing {', '.join(sorted(missing_cols))}"
+            )
+        for lineno, row in enumerate(reader, start=2):
+            where = f"{csv_path.name} line {lineno}"
+            image = (row.get("image") or "").strip()
+            label = (row.get("label") or "").strip()
+            split = (row.get("split") or "train").strip().lower()
+            if not image or not label:
+                raise DatasetError(f"{where}: empty image or label ({row})")
+            if split not in SPLITS:
+                raise DatasetError(f"{where}: unknown split {split!r} for {image}; use one of {', '.join(SPLITS)}")
+            path = images_dir / image
+            if not path.is_file():
+                raise DatasetError(f"{where}: image {image} not found under {images_dir}")
+            samples.append(Sample(path, label, split, where=where))
+    if not samples:
+        raise DatasetError(f"{csv_path}: no rows")
+    return samples
+
+
+def restrict_to(samples: list[Sample], classes: list[str]) -> list[Sample]:
+    """Keep only the given classes (``--binary POS NEG``); every class must exist."""
+    present = {s.label for s in samples}
+    unknown = [c for c in classes if c not in present]
+    if unknown:
+        raise ConfigError(
+            f"class(es) {', '.join(unknown)} not in the data; classes present: {', '.join(sorted(present))}"
+        )
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"the classes to keep must differ, got {classes}")
+    keep = set(classes)
+    return [s for s in samples if s.label in keep]
+
+
+def carve_validation(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """Move a stratified, seeded ``fraction`` of each class's train samples into ``val``.
+
+    Each class keeps at least one training sample and gives at least one to val.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng([seed, 7])
+    by_class: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.split == "train":
+            by_class.setdefault(s.label, []).append(i)
+    to_val: set[int] = set()
+    for label in sorted(by_class):
+        idx = by_class[label]
+        if len(idx) < 2:
+            continue  # check_dataset reports this with a clear message
+        n_val = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+        chosen = rng.permutation(len(idx))[:n_val]
+        to_val.update(idx[j] for j in chosen)
+    return [replace(s, split="val") if i in to_val else s for i, s in enumerate(samples)]
+
+
+def resolve_healthy(classes: list[str], healthy: str | None) -> str | None:
+    """The healthy class: the one named, else "healthy" when present, else None."""
+    if healthy is not None:
+        if healthy not in classes:
+            raise ConfigError(f"--healthy {healthy!r} is not one of the classes: {', '.join(classes)}")
+        return healthy
+    return "healthy" if "healthy" in classes else None
+
+
+def check_counts(samples: list[Sample], classes: list[str], context: str = "") -> None:
+    """Every class needs >= 2 training photos (one to fit, one to validate)."""
+    train = Counter(s.label for s in samples if s.split == "train")
+    val = Counter(s.label for s in samples if s.split == "val")
+    for c in classes:
+        n = train.get(c, 0) + val.get(c, 0)
+        if n < 2:
+            raise DatasetError(
+                f"class {c!r} has {n} usable training image(s){context}; every class needs at least 2 "
+                "(add photos, or leave the class out with --binary / --classes)"
+            )
+        if train.get(c, 0) < 1:
+            raise DatasetError(f"class {c!r} has no training image{context} (all its photos are in val)")
+    if len(classes) < 2:
+        raise DatasetError(f"need at least 2 classes, found {classes}")
+
+
+def build_dataset(
+    samples: list[Sample],
+    *,
+    keep_classes: list[str] | None = None,
+    healthy: str | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+) -> Dataset:
+    """Restrict classes, check counts, carve a validation split when missing; classes sorted by name."""
+    if keep_classes:
+        samples = restrict_to(samples, keep_classes)
+    classes = sorted({s.label for s in samples})
+    check_counts(samples, classes)
+    if not any(s.split == "val" for s in samples):
+        samples = carve_validation(samples, val_fraction, seed)
+        log.info("no val split given: carved %.0f%% of train per class (seed %d)", val_fraction * 100, seed)
+    missing_val = [c for c in classes if not any(s.split == "val" and s.label == c for s in samples)]
+    if missing_val:
+        log.warning("class(es) %s have no validation photo; calibration sees none of them", ", ".join(missing_val))
+    return Dataset(samples=samples, classes=classes, healthy_class=resolve_healthy(classes, healthy))
+
+
+def load_dataset(
+    *,
+    data_dir: str | Path | None = None,
+    csv_path: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    keep_classes: list[str] | None = None,
+    healthy: str | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+) -> Dataset:
+    """Read ``--data DIR`` or ``--csv CSV --images DIR`` and build a checked dataset."""
+    if (data_dir is None) == (csv_path is None):
+        raise ConfigError("give either --data DIR or --csv CSV --images DIR")
+    if csv_path is not None:
+        if images_dir is None:
+            raise ConfigError("--csv needs --images DIR (the folder the CSV's image paths are relative to)")
+        samples = read_csv(csv_path, images_dir)
+    else:
+        samples = read_folder(data_dir)  # type: ignore[arg-type]
+    return build_dataset(samples, keep_classes=keep_classes, healthy=healthy, val_fraction=val_fraction, seed=seed)
