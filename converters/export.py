@@ -252,6 +252,34 @@ def default_thresholds(classes: list[str], healthy_class: str | None) -> dict[st
     return {c: 0.5 for c in classes if c != healthy_class}
 
 
+def thresholds_from_report(report_path: str | Path, classes: list[str], healthy_class: str) -> tuple[dict[str, float], str]:
+    """The per-class thresholds of a ``facediag evaluate`` report, checked against this model's classes."""
+    import json
+
+    path = Path(report_path)
+    if not path.is_file():
+        raise FacediagError(f"{path}: no such report; run `facediag evaluate CKPT ... --out DIR` and pass DIR/report.json")
+    try:
+        report = json.loads(path.read_text())
+        report_classes = list(report["model"]["classes"])
+        found = {str(k): float(v) for k, v in report["thresholds"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FacediagError(f"{path}: not a facediag evaluate report ({exc})") from None
+    if report_classes != list(classes):
+        raise FacediagError(
+            f"{path}: the report is for classes {report_classes}, this checkpoint has {list(classes)}: "
+            "evaluate this checkpoint and use that report"
+        )
+    missing = [c for c in classes if c != healthy_class and c not in found]
+    if missing:
+        raise FacediagError(f"{path}: no threshold for {', '.join(missing)} (no validation photos of it?)")
+    bad = [c for c, v in found.items() if not 0.0 <= v <= 1.0]
+    if bad:
+        raise FacediagError(f"{path}: thresholds of {', '.join(bad)} are not probabilities")
+    sensitivity = (report.get("threshold_selection") or {}).get("target_sensitivity")
+    return found, f"{path.name} (chosen on validation data for sensitivity {sensitivity})"
+
+
 def export_checkpoint(
     ckpt_dir: str | Path,
     bundle_dir: str | Path,
@@ -262,8 +290,13 @@ def export_checkpoint(
     force: bool = False,
     parity_sources: list[str] | None = None,
     prelu: str = "decompose",
+    thresholds_report: str | Path | None = None,
 ) -> Any:
     """Checkpoint folder -> new bundle folder with model.onnx and bundle.json. Returns the loaded Bundle.
+
+    Decision thresholds come from ``thresholds_report`` (a ``facediag evaluate`` report.json, whose
+    thresholds were chosen on validation data for a target sensitivity), else from the checkpoint,
+    else 0.5 for every condition (logged as a placeholder).
 
     The bundle is assembled in a temporary sibling folder and renamed into place only when the
     graph check and the parity check passed, so a failed export leaves no half bundle behind.
@@ -304,10 +337,17 @@ def export_checkpoint(
         healthy = meta.get("healthy_class")
         if healthy not in classes:
             raise ModelFileError(f"{ckpt_dir}/checkpoint.json: healthy_class {healthy!r} is not one of the classes {classes}")
-        thresholds = meta.get("thresholds") or default_thresholds(classes, healthy)
+        if thresholds_report is not None:
+            thresholds, thresholds_source = thresholds_from_report(thresholds_report, classes, healthy)
+        elif meta.get("thresholds"):
+            thresholds, thresholds_source = meta["thresholds"], "checkpoint"
+        else:
+            thresholds = default_thresholds(classes, healthy)
+            thresholds_source = "default 0.5 (no thresholds given: run facediag evaluate and export --thresholds)"
+            log.warning("bundle thresholds are the 0.5 placeholder; choose them with `facediag evaluate` first")
         extra = {
             "export": info.to_dict(),
-            "thresholds_source": "checkpoint" if meta.get("thresholds") else "default 0.5 (no thresholds in checkpoint)",
+            "thresholds_source": thresholds_source,
             "training": {k: meta[k] for k in ("backbone", "strategy", "temperature", "metrics", "seed") if k in meta},
         }
         create_bundle(

@@ -342,3 +342,26 @@ def test_prelu_rewrite_is_exact_for_any_slope(tmp_path: Path) -> None:
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_array_equal(after, before)
     np.testing.assert_array_equal(before, np.where(x > 0, x, slope * x))
+
+
+def test_thresholds_chosen_by_evaluate_become_the_bundle_thresholds(work: Path, checkpoint: Path, labels_csv: Path) -> None:
+    """evaluate picks per-class thresholds on val for a sensitivity; export --thresholds carries them into the bundle."""
+    report_dir = work / "eval"
+    assert _cli("evaluate", checkpoint, "--csv", work / "train.csv", "--images", CELEBA, "--split", "test",
+                "--sensitivity", "0.8", "--out", report_dir, *DETECT) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report["thresholds"]) == {"male"}  # the healthy class ("female" here) gets none
+    out = work / "bundle_thresholds"
+    assert _cli("export", checkpoint, out, "--images", CELEBA, "--csv", labels_csv, "--count", "4",
+                "--thresholds", report_dir / "report.json", *DETECT) == 0
+    from edge.bundle import load_bundle
+
+    b = load_bundle(out)
+    assert b.thresholds == pytest.approx(report["thresholds"])
+    assert "sensitivity 0.8" in b.extra["thresholds_source"]
+    # A report of another model (other classes) is refused.
+    wrong = work / "wrong_report.json"
+    wrong.write_text(json.dumps({**report, "model": {**report["model"], "classes": ["a", "b"]}}))
+    assert _cli("export", checkpoint, work / "bundle_wrong", "--images", CELEBA, "--count", "2",
+                "--thresholds", wrong, *DETECT) == 1
+    assert not (work / "bundle_wrong").exists()

@@ -147,7 +147,7 @@ def test_svm_folding_gives_identical_predictions(dtl2_result, genki, backbone):
     np.testing.assert_allclose(z3, svm3.decision_function(x_te), atol=1e-4)
 
 
-def test_temperature_fitted_on_val_does_not_hurt_held_out_nll(dtl2_result, genki, backbone):
+def test_temperature_fitted_on_val_lowers_held_out_ece_and_nll(dtl2_result, genki, backbone):
     from training.calibrate_probs import ece, fit_temperature, nll, softmax
 
     z_val = _logits(dtl2_result.model, genki["val"], backbone.contract)
@@ -156,10 +156,13 @@ def test_temperature_fitted_on_val_does_not_hurt_held_out_nll(dtl2_result, genki
     t = fit_temperature(z_val, y_val)
     # on the data it was fitted to, T is a minimum of NLL
     assert nll(z_val, y_val, t) <= min(nll(z_val, y_val, t * 1.2), nll(z_val, y_val, t / 1.2))
-    # on held-out test photos (another GENKI folder, so a mild shift) it must not make NLL worse;
-    # ECE is reported, not asserted: with ~200 photos and 15 bins it moves by a few points either way
+    # on held-out test photos (another GENKI folder, so a mild shift) it must not make NLL worse,
+    # and it must lower the calibration error (raw SVM margins are far from probabilities). With
+    # ~200 photos ECE is coarse, so 10 bins and a clear margin rather than a fine comparison.
     assert nll(z_te, y_te, t) <= nll(z_te, y_te, 1.0) + 0.005
-    print("test ECE raw", ece(softmax(z_te), y_te), "calibrated", ece(softmax(z_te / t), y_te))
+    raw, calibrated = ece(softmax(z_te), y_te, n_bins=10), ece(softmax(z_te / t), y_te, n_bins=10)
+    print("test ECE raw", raw, "calibrated", calibrated)
+    assert calibrated < raw - 0.02
 
 
 def test_platt_folded_into_head_matches_sigmoid(dtl2_result, genki, backbone):

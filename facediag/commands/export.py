@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "much faster in ONNX Runtime on CPU)")
     add_detector_arguments(parser)
     parser.add_argument("--force", action="store_true", help="replace BUNDLE if it exists")
+    parser.add_argument("--thresholds", type=Path, default=None,
+                        help="report.json from `facediag evaluate`: its per-class thresholds (chosen on validation data "
+                        "for a target sensitivity) become the bundle's decision thresholds (default: 0.5 placeholders)")
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = export_checkpoint(
         args.checkpoint, args.bundle, np.asarray(inputs), tolerance=args.tolerance, opset=args.opset,
         force=args.force, parity_sources=[s.name for s, _, _ in taken], prelu="keep" if args.keep_prelu else "decompose",
+        thresholds_report=args.thresholds,
     )
     gate = bundle.precisions["fp32"].gate
     print(json.dumps({"bundle": str(args.bundle), "classes": bundle.classes, "opset": bundle.extra["export"]["opset"],
