@@ -130,12 +130,9 @@ def stratified_order(sources: list[Source], seed: int) -> list[Source]:
 
 
 class Cropper:
-    """Photo -> aligned crop for a contract, with the same policy training used.
+    """Photo -> aligned crop for a contract, with the policy training used (``PhotoFrontEnd``).
 
-    Training's ``FaceCropper`` (small photos upscaled and padded before detection) is used when
-    the training package is installed, so calibration crops match training crops; otherwise the
-    station's ``FaceFrontEnd`` as is. Images already of the contract's crop size are taken as
-    aligned crops and not detected again.
+    Images already of the contract's crop size are taken as aligned crops and not detected again.
     """
 
     def __init__(self, contract: PreprocessContract, detector: Any | None = None, aligned: str = "auto") -> None:
@@ -151,17 +148,10 @@ class Cropper:
                 from edge.face.detector import make_detector
 
                 self._detector = make_detector("mtcnn")
-            try:
-                from training.crop_cache import FaceCropper
+            from edge.face.pipeline import PhotoFrontEnd
 
-                self._impl = FaceCropper(self._detector, self.contract)
-                self.description.update(policy="training.crop_cache.FaceCropper", key=self._impl.key)
-            except ImportError:
-                from edge.face.pipeline import FaceFrontEnd
-
-                fe = FaceFrontEnd(self._detector, self.contract)
-                self._impl = _FrontEndAdapter(fe)
-                self.description.update(policy="edge.face.pipeline.FaceFrontEnd")
+            self._impl = PhotoFrontEnd(self._detector, self.contract)
+            self.description.update(policy={"front_end": "edge.face.pipeline.PhotoFrontEnd", **PhotoFrontEnd.policy()})
             self.description["detector"] = getattr(self._detector, "name", type(self._detector).__name__)
         return self._impl
 
@@ -172,17 +162,10 @@ class Cropper:
             if not is_crop_sized:
                 return None, [f"not an aligned {self.contract.height}x{self.contract.width} crop ({image_bgr.shape[1]}x{image_bgr.shape[0]})"], True
             return image_bgr, [], True
-        crop, reasons = self._front_end().crop(image_bgr)
-        return crop, reasons, False
-
-
-class _FrontEndAdapter:
-    def __init__(self, front_end: Any) -> None:
-        self.front_end = front_end
-
-    def crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
-        result = self.front_end.process(image_bgr)
-        return (result.crop, []) if result.crop is not None else (None, list(result.reasons) or ["no face found"])
+        result = self._front_end().process(image_bgr)
+        if result.crop is None:
+            return None, list(result.reasons) or ["no face found"], False
+        return result.crop, [], False
 
 
 @dataclass

@@ -167,3 +167,16 @@ def test_shrinking_to_the_gate_loses_no_face_the_gate_would_pass(yunet: YuNetDet
         assert iou(a.face.box, b.face.box) > 0.75
         assert np.linalg.norm(a.face.landmarks - b.face.landmarks, axis=1).mean() < 0.1 * a.face.width
     assert compared >= 20
+
+
+def test_photo_front_end_gives_tight_celeba_crops_context(yunet: YuNetDetector) -> None:
+    """CelebA's 89x109 aligned faces: the photo front-end upscales and pads them, and finds every face."""
+    from edge.face.pipeline import PhotoFrontEnd
+
+    fe = PhotoFrontEnd(yunet, ARCFACE)
+    files = sorted(fixture_path("faces/celeba").glob("*.jpg"))[:60]
+    results = [fe.process(load_image(p)) for p in files]
+    assert all(r.crop is not None and r.crop.shape == (112, 112, 3) for r in results)
+    # Large photos go through unchanged: same crop as the station front-end.
+    wild = load_image(fixture_path("faces/wild/img1.jpg"))
+    np.testing.assert_array_equal(fe.process(wild).crop, FaceFrontEnd(yunet, ARCFACE).process(wild).crop)

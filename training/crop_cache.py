@@ -9,9 +9,8 @@ policy below: change any of them and the crop is recomputed, rename or move the
 photo and it is not.
 
 Small, tightly cropped photos (CelebA's 89x109 aligned faces, GENKI's 64x64)
-give a detector no context and too few pixels; they are upscaled to at least
-``min_side`` pixels and padded with replicated borders before detection. Photos
-in which no face is found are skipped and counted, never fatal.
+are upscaled and padded before detection (``edge.face.pipeline.PhotoFrontEnd``).
+Photos in which no face is found are skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ from edge.face.contract import PreprocessContract
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path(os.environ.get("FACEDIAG_CACHE", Path.home() / ".cache" / "facediag")) / "crops"
-SMALL_IMAGE_SIDE = 256  # photos smaller than this on their short side count as "tight crops"
-MIN_SIDE = 192  # ...and are upscaled to at least this
-SMALL_PAD_FRACTION = 0.3  # ...and padded by this fraction on each side
 UNREADABLE = "unreadable image"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -58,31 +54,15 @@ class CropSet:
     skipped_items: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
 
 
-def prepare_small(image_bgr: np.ndarray) -> tuple[np.ndarray, float]:
-    """Upscale a small photo so its short side is >= MIN_SIDE; returns (image, pad fraction to use)."""
-    import cv2
-
-    h, w = image_bgr.shape[:2]
-    if min(h, w) >= SMALL_IMAGE_SIDE:
-        return image_bgr, 0.0
-    scale = MIN_SIDE / float(min(h, w))
-    if scale > 1.0:
-        image_bgr = cv2.resize(
-            image_bgr, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_CUBIC
-        )
-    return image_bgr, SMALL_PAD_FRACTION
-
-
 class FaceCropper:
     """Runs the face front-end on photos with the small-image policy; knows its own cache key."""
 
     def __init__(self, detector, contract: PreprocessContract) -> None:  # detector: edge.face.detector.Detector
-        from edge.face.pipeline import FaceFrontEnd
+        from edge.face.pipeline import PhotoFrontEnd
 
         self.detector = detector
         self.contract = contract
-        self._plain = FaceFrontEnd(detector, contract, gates=None, pad_fraction=0.0)
-        self._padded = FaceFrontEnd(detector, contract, gates=None, pad_fraction=SMALL_PAD_FRACTION)
+        self._front_end = PhotoFrontEnd(detector, contract)
 
     @property
     def key(self) -> str:
@@ -90,15 +70,14 @@ class FaceCropper:
         payload = {
             "contract": self.contract.to_dict(),
             "detector": getattr(self.detector, "name", type(self.detector).__name__),
-            "small": [SMALL_IMAGE_SIDE, MIN_SIDE, SMALL_PAD_FRACTION],
+            "small": [v for _, v in sorted(self._front_end.policy().items())],
             "version": CACHE_VERSION,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
         """(aligned crop or None, reasons)."""
-        image, pad = prepare_small(image_bgr)
-        result = (self._padded if pad else self._plain).process(image)
+        result = self._front_end.process(image_bgr)
         if result.crop is None:
             return None, list(result.reasons) or ["no face found"]
         return result.crop, []

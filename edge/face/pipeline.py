@@ -157,3 +157,43 @@ class FaceFrontEnd:
             return FrontEndResult(face=None, crop=None, quality=QualityReport(reasons=[NO_FACE]), faces=faces)
         crop = self.align(image_bgr, subject)
         return FrontEndResult(face=subject, crop=crop, quality=assess(subject, crop, self.gates), faces=faces)
+
+
+# Photos smaller than this on their short side are taken as tight face crops (CelebA's 89x109
+# aligned faces, GENKI's 64x64): they give a detector no context and too few pixels, so they are
+# upscaled to TIGHT_CROP_UPSCALE_TO on their short side and padded by TIGHT_CROP_PAD on each side.
+TIGHT_CROP_SIDE = 256
+TIGHT_CROP_UPSCALE_TO = 192
+TIGHT_CROP_PAD = 0.3
+
+
+class PhotoFrontEnd:
+    """The front-end for photo collections (training, evaluation, calibration, export parity).
+
+    The same detector, alignment and contract as a station's ``FaceFrontEnd``, plus the policy for
+    tight face crops above. Face coordinates in its results refer to the upscaled image; the crop is
+    the contract's crop either way.
+    """
+
+    def __init__(self, detector: Detector, contract: PreprocessContract, gates: QualityGates | None = None) -> None:
+        self.detector = detector
+        self.contract = contract
+        self._plain = FaceFrontEnd(detector, contract, gates)
+        self._padded = FaceFrontEnd(detector, contract, gates, pad_fraction=TIGHT_CROP_PAD)
+
+    @staticmethod
+    def policy() -> dict[str, float]:
+        """The tight-crop policy's numbers, for cache keys and manifests."""
+        return {"tight_crop_side": TIGHT_CROP_SIDE, "upscale_to": TIGHT_CROP_UPSCALE_TO, "pad": TIGHT_CROP_PAD}
+
+    def process(self, image_bgr: np.ndarray) -> FrontEndResult:
+        import cv2
+
+        h, w = image_bgr.shape[:2]
+        if min(h, w) >= TIGHT_CROP_SIDE:
+            return self._plain.process(image_bgr)
+        scale = TIGHT_CROP_UPSCALE_TO / float(min(h, w))
+        if scale > 1.0:
+            size = (int(round(w * scale)), int(round(h * scale)))
+            image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_CUBIC)
+        return self._padded.process(image_bgr)
