@@ -34,3 +34,13 @@ def front_end_from_args(args: argparse.Namespace, contract: Any, gates: Any = No
         args.detector = "yunet" if args.detector_model else "mtcnn"
     detector = make_detector(args.detector, model_path=args.detector_model)
     return FaceFrontEnd(detector, contract, gates=gates if gates is not None else QualityGates(), pad_fraction=args.pad)
+
+
+def add_photo_front_end_arguments(parser: argparse.ArgumentParser) -> None:
+    """Detector and crop-cache options of the commands that read labelled photo collections (train, evaluate)."""
+    fe = parser.add_argument_group("face front-end")
+    fe.add_argument("--detector", choices=("auto", "mtcnn", "yunet"), default="auto",
+                    help="face detector; auto = yunet when --detector-model is given, else mtcnn")
+    fe.add_argument("--detector-model", type=Path, metavar="PATH", help="YuNet ONNX file")
+    fe.add_argument("--cache", type=Path, metavar="DIR", help="crop cache folder (default ~/.cache/facediag/crops)")
+    fe.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")

@@ -75,12 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
     ev.add_argument("--out", type=Path, metavar="DIR", help="report folder (default MODEL/eval-SPLIT)")
 
-    fe = parser.add_argument_group("face front-end")
-    fe.add_argument("--detector", choices=("auto", "mtcnn", "yunet"), default="auto",
-                    help="face detector; auto = yunet when --detector-model is given, else mtcnn")
-    fe.add_argument("--detector-model", type=Path, metavar="PATH", help="YuNet ONNX file")
-    fe.add_argument("--cache", type=Path, metavar="DIR", help="crop cache folder (default ~/.cache/facediag/crops)")
-    fe.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
+    from facediag.commands._front_end_args import add_photo_front_end_arguments
+
+    add_photo_front_end_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -61,12 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hp.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same numbers (default 0)")
     hp.add_argument("--threads", type=int, default=2, help="torch CPU threads, fixed for repeatability (default 2)")
 
-    fe = parser.add_argument_group("face front-end")
-    fe.add_argument("--detector", choices=("auto", "mtcnn", "yunet"), default="auto",
-                    help="face detector; auto = yunet when --detector-model is given, else mtcnn")
-    fe.add_argument("--detector-model", type=Path, metavar="PATH", help="YuNet ONNX file")
-    fe.add_argument("--cache", type=Path, metavar="DIR", help="crop cache folder (default ~/.cache/facediag/crops)")
-    fe.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
+    from facediag.commands._front_end_args import add_photo_front_end_arguments
+
+    add_photo_front_end_arguments(parser)
 
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="checkpoint folder to write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
