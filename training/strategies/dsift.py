@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,21 +223,9 @@ class DsiftModel:
         return self.predict_proba(crops).argmax(axis=1)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        import cv2
+        from training.checkpoint import package_versions
 
-        versions = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__}
-        try:
-            from facediag import __version__ as fd_version
-
-            versions["facediag"] = fd_version
-        except ImportError:  # pragma: no cover
-            pass
-        try:
-            import sklearn
-
-            versions["scikit-learn"] = sklearn.__version__
-        except ImportError:
-            pass
+        versions = package_versions()
         return {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_FORMAT_VERSION,
