@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import ModelFileError
+from edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,9 @@ def default_models_dir() -> Path:
     return base / "facediag" / "models"
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_sha256(path: Path, expected: str) -> None:
     """Raise ModelFileError unless the file's sha256 is ``expected``."""
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ModelFileError(
             f"{path}: sha256 {actual} does not match the pinned {expected}; the download is corrupt "

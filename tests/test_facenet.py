@@ -26,9 +26,10 @@ pytest.importorskip("safetensors")
 from edge.errors import ModelFileError  # noqa: E402
 from edge.face.align import align_face  # noqa: E402
 from edge.face.contract import PreprocessContract, apply_scaling, crops_to_input  # noqa: E402
+from edge.hashing import sha256_file  # noqa: E402
 from tests.conftest import fixture_path  # noqa: E402
 from training.backbones import facenet  # noqa: E402
-from training.backbones.tf_graph import TFGraph, file_sha256, tensor_to_numpy  # noqa: E402
+from training.backbones.tf_graph import TFGraph, tensor_to_numpy  # noqa: E402
 
 YUNET = "models/face_detection_yunet_2026may.onnx"
 WILD = "faces/wild"
@@ -369,7 +370,7 @@ def test_cache_written_once_with_graph_hash_and_reused(
     assert [p.name for p in cache_root.iterdir()] == [facenet.CACHE_FILENAME]  # no temp files left behind
     with safe_open(str(cached), framework="pt") as fh:
         meta = fh.metadata()
-    assert meta["graph_sha256"] == file_sha256(_graph())
+    assert meta["graph_sha256"] == sha256_file(_graph())
 
     def no_conversion(*_args, **_kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("converted again although the cache is valid")

@@ -28,20 +28,13 @@ import numpy as np
 
 from edge.errors import FacediagError
 from edge.face.contract import PreprocessContract
+from edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path(os.environ.get("FACEDIAG_CACHE", Path.home() / ".cache" / "facediag")) / "crops"
 UNREADABLE = "unreadable image"
 CACHE_VERSION = 2
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -113,7 +106,7 @@ class CropCache:
 
     def get(self, path: Path) -> tuple[np.ndarray | None, list[str]]:
         try:
-            sha = file_sha256(path)
+            sha = sha256_file(path)
         except OSError as exc:
             return None, [f"{UNREADABLE}: {exc.strerror or exc}"]
         entry = self._entry(sha)

@@ -71,7 +71,7 @@ class TrainOutcome:
 
 
 def _weights_source(backbone: str, weights: Path | None, strategy: str) -> dict[str, Any]:
-    from training.crop_cache import file_sha256
+    from edge.hashing import sha256_file
 
     if strategy == "scratch":
         return {"kind": "random initialisation", "path": None, "sha256": None}
@@ -81,7 +81,7 @@ def _weights_source(backbone: str, weights: Path | None, strategy: str) -> dict[
         p = Path(weights)
         if not p.is_file():
             raise ConfigError(f"--weights {p}: no such file")
-        return {"kind": "file", "path": str(p.resolve()), "sha256": file_sha256(p)}
+        return {"kind": "file", "path": str(p.resolve()), "sha256": sha256_file(p)}
     from training.backbones import BACKBONES
 
     spec = BACKBONES.get(backbone)

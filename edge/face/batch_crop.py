@@ -21,7 +21,7 @@ from pathlib import Path
 from edge.errors import ConfigError, FacediagError, ImageLoadError
 from edge.face.imageio import load_image
 from edge.face.pipeline import FaceFrontEnd
-from edge.models import sha256_of
+from edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def crop_folder(
             rel = Path(photo.name) if src_is_file else photo.relative_to(src)
             key = rel.as_posix()
             try:
-                digest = sha256_of(photo)
+                digest = sha256_file(photo)
             except OSError as exc:
                 digest = ""
                 log.warning("%s: cannot read (%s)", photo, exc)

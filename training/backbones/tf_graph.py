@@ -9,7 +9,6 @@ list the nodes and pull the constant tensors out as numpy arrays.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,11 +217,3 @@ def _strip_input(name: str) -> str:
     base, sep, index = name.rpartition(":")
     return base if sep and index.isdigit() else name
 
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
