@@ -300,6 +300,17 @@ def test_auto_falls_back_when_the_engine_is_not_proven_here(bundle_copy, gpu, ve
         plan_engine(bundle_copy, "tensorrt", "fp32", device_probe=_device)
 
 
+def test_build_skips_only_an_engine_built_here_from_this_bundle(bundle_copy):
+    """`facediag build --config` skips when an engine is current for this device, verified or not yet."""
+    from edge.engine.select import engine_is_current
+
+    assert not engine_is_current(bundle_copy, "fp32", _device())
+    _manifest(bundle_copy, bundle_copy.path / "model.fp32.engine", verify=None)
+    assert engine_is_current(bundle_copy, "fp32", _device())
+    _manifest(bundle_copy, bundle_copy.path / "model.fp32.engine", gpu="Xavier", verify=None)
+    assert not engine_is_current(bundle_copy, "fp32", _device())
+
+
 def test_explicit_tensorrt_fails_clearly_without_tensorrt(bundle_copy):
     from edge.engine.select import plan_engine, probe_tensorrt_device
 

@@ -75,8 +75,9 @@ def _tensorrt_candidates(bundle: Bundle, precision: str) -> list[str]:
     return [precision]
 
 
-def _check_tensorrt(bundle: Bundle, precision: str, device: Any) -> tuple[EnginePlan | None, str]:
-    """(plan, "") when this precision's engine is usable here, else (None, why not)."""
+def _built_engine(bundle: Bundle, precision: str, device: Any) -> tuple[Any, str, str]:
+    """(manifest, expected model sha256, "") when this precision's engine exists and was built for this
+    device and bundle, else (None, "", why not). Verification is not looked at here."""
     from edge.engine.manifest import (
         EngineManifest,
         compare_manifest,
@@ -89,18 +90,35 @@ def _check_tensorrt(bundle: Bundle, precision: str, device: Any) -> tuple[Engine
     engine_path = bundle.path / engine_file_name(precision)
     short = short_precision(precision)
     if not engine_path.is_file():
-        return None, f"no {short} engine ({engine_path.name}; build one with `facediag build {bundle.path} --precision {short}`)"
+        return None, "", f"no {short} engine ({engine_path.name}; build one with `facediag build {bundle.path} --precision {short}`)"
     try:
         manifest = EngineManifest.load(manifest_path_for(engine_path))
     except ModelFileError as exc:
-        return None, f"{engine_path.name}: {exc}"
+        return None, "", f"{engine_path.name}: {exc}"
     src = source_precision(precision, bool(manifest.builder_options.get("legacy_calibrator")))
     if src not in bundle.precisions:
-        return None, f"{engine_path.name}: the bundle has no {src} model to check it against"
+        return None, "", f"{engine_path.name}: the bundle has no {src} model to check it against"
     expected = bundle.files[bundle.precisions[src].file]
     problems = compare_manifest(manifest, device, expected, precision, bundle=str(bundle.path))
     if problems:
-        return None, f"{engine_path.name} was not built for this device/bundle: " + "; ".join(problems)
+        return None, "", f"{engine_path.name} was not built for this device/bundle: " + "; ".join(problems)
+    return manifest, expected, ""
+
+
+def engine_is_current(bundle: Bundle, precision: str, device: Any) -> bool:
+    """Whether ``facediag build`` can skip: an engine built for this device from this bundle's model exists."""
+    return _built_engine(bundle, precision, device)[0] is not None
+
+
+def _check_tensorrt(bundle: Bundle, precision: str, device: Any) -> tuple[EnginePlan | None, str]:
+    """(plan, "") when this precision's engine is usable here, else (None, why not)."""
+    from edge.engine.manifest import engine_file_name, short_precision
+
+    manifest, expected, why = _built_engine(bundle, precision, device)
+    if manifest is None:
+        return None, why
+    engine_path = bundle.path / engine_file_name(precision)
+    short = short_precision(precision)
     verify = manifest.verify or {}
     if not verify.get("passed"):
         return None, (

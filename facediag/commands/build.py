@@ -96,27 +96,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_is_current(bundle: Path, precision: str) -> bool:
-    """Whether an engine whose manifest matches this device and the bundle's model already exists."""
-    from edge.bundle import load_bundle
-    from edge.engine.manifest import (
-        EngineManifest,
-        compare_manifest,
-        engine_file_name,
-        manifest_path_for,
-        normalize_precision,
-        source_precision,
-    )
-    from edge.engine.tensorrt import import_pycuda, import_tensorrt, probe_device
 
-    b = load_bundle(bundle)
-    key = normalize_precision(precision)
-    manifest_file = manifest_path_for(Path(bundle) / engine_file_name(key))
-    if not manifest_file.is_file():
-        return False
-    manifest = EngineManifest.load(manifest_file)
-    src = source_precision(key, bool(manifest.builder_options.get("legacy_calibrator")))
-    if src not in b.precisions:
-        return False
-    device = probe_device(import_tensorrt(), import_pycuda())
-    return not compare_manifest(manifest, device, b.files[b.precisions[src].file], key, bundle=str(bundle))
+def _engine_is_current(bundle: Path, precision: str) -> bool:
+    """Whether an engine built for this device from the bundle's model already exists (TensorRT needed)."""
+    from edge.bundle import load_bundle
+    from edge.engine.manifest import normalize_precision
+    from edge.engine.select import engine_is_current, probe_tensorrt_device
+
+    return engine_is_current(load_bundle(bundle), normalize_precision(precision), probe_tensorrt_device())
