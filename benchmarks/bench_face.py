@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.face.align import align_face  # noqa: E402
-from edge.face.contract import PreprocessContract  # noqa: E402
-from edge.face.imageio import load_image  # noqa: E402
+from facediag.edge.face.align import align_face  # noqa: E402
+from facediag.edge.face.contract import PreprocessContract  # noqa: E402
+from facediag.edge.face.imageio import load_image  # noqa: E402
 
 
 def to_640x480(image: np.ndarray) -> np.ndarray:
@@ -64,11 +64,11 @@ def main() -> int:
     rows = []
     detectors = {}
     yunet_path = args.fixtures / "models" / "face_detection_yunet_2026may.onnx"
-    from edge.face.yunet import YuNetDetector
+    from facediag.edge.face.yunet import YuNetDetector
 
     detectors["yunet"] = YuNetDetector(yunet_path)
     try:
-        from edge.face.mtcnn import MTCNNDetector
+        from facediag.edge.face.mtcnn import MTCNNDetector
 
         detectors["mtcnn"] = MTCNNDetector()
     except Exception as exc:  # noqa: BLE001 - report and go on with the others

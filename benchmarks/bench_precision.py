@@ -46,9 +46,9 @@ def untrained_checkpoint(backbone: str, out: Path) -> Path:
     """A checkpoint folder with the backbone's recognition weights and a random 5-class head (latency only)."""
     import torch
 
-    from training.backbones import get_backbone
-    from training.checkpoint import save_checkpoint
-    from training.classifier import FaceClassifier
+    from facediag.training.backbones import get_backbone
+    from facediag.training.checkpoint import save_checkpoint
+    from facediag.training.classifier import FaceClassifier
 
     torch.manual_seed(0)
     weights = MFN_WEIGHTS if backbone == "mobilefacenet" else None
@@ -60,8 +60,8 @@ def untrained_checkpoint(backbone: str, out: Path) -> Path:
 
 
 def proxy_inputs(contract: object, split: str) -> tuple[np.ndarray, list[str]]:
-    from calibration.calibration_set import Cropper, collect_inputs, list_sources
-    from edge.face.detector import make_detector
+    from facediag.calibration.calibration_set import Cropper, collect_inputs, list_sources
+    from facediag.edge.face.detector import make_detector
 
     sources = list_sources(CELEBA, PROXY, split=split)
     x, taken, skipped = collect_inputs(sources, contract, Cropper(contract, make_detector("yunet", YUNET)), len(sources))
@@ -72,10 +72,10 @@ def proxy_inputs(contract: object, split: str) -> tuple[np.ndarray, list[str]]:
 
 def build_variants(ckpt: Path, work: Path, calib_x: np.ndarray) -> tuple[object, dict[str, Path], dict[str, float]]:
     """Export + FP16 + both INT8 targets (no gate here: the table shows the figures). Returns seconds per step."""
-    from calibration.readers import OrtCalibrationReader
-    from converters.export import export_checkpoint
-    from converters.fp16 import convert_to_fp16
-    from converters.quantize import QuantSettings, quantize_onnx
+    from facediag.calibration.readers import OrtCalibrationReader
+    from facediag.converters.export import export_checkpoint
+    from facediag.converters.fp16 import convert_to_fp16
+    from facediag.converters.quantize import QuantSettings, quantize_onnx
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -86,8 +86,8 @@ def build_variants(ckpt: Path, work: Path, calib_x: np.ndarray) -> tuple[object,
     if bundle.extra.get("export", {}).get("prelu") == "decompose":
         import onnx
 
-        from converters.export import export_model
-        from training.checkpoint import load_classifier
+        from facediag.converters.export import export_model
+        from facediag.training.checkpoint import load_classifier
 
         # The same model with PReLU as exported by torch, to show what the export-time rewrite buys.
         keep = work / "fp32-prelu.onnx"
@@ -154,8 +154,8 @@ def latency_table(model: object, files: dict[str, Path], sample: np.ndarray, thr
 
 
 def accuracy_rows(model: object, files: dict[str, Path], x: np.ndarray, labels: list[str], classes: list[str], threads: int) -> dict[str, dict[str, float]]:
-    from converters.export import torch_probabilities
-    from edge.engine.onnxruntime import OrtEngine
+    from facediag.converters.export import torch_probabilities
+    from facediag.edge.engine.onnxruntime import OrtEngine
 
     y = np.array([classes.index(lab) for lab in labels])
     probs = {"pytorch-eager": torch_probabilities(model, x)}
@@ -192,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from training.checkpoint import load_classifier
+    from facediag.training.checkpoint import load_classifier
 
     for backbone in args.backbones:
         with tempfile.TemporaryDirectory(prefix=f"bench-{backbone}-") as tmp:
             work = Path(tmp)
             ckpt = Path(ckpts[backbone]) if backbone in ckpts else untrained_checkpoint(backbone, work / "ckpt")
             model, meta = load_classifier(ckpt)
-            from edge.face.contract import PreprocessContract
+            from facediag.edge.face.contract import PreprocessContract
 
             contract = PreprocessContract.from_dict(meta["contract"])
             calib_x, _ = proxy_inputs(contract, "train")

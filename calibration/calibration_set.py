@@ -19,7 +19,6 @@ Folder layout::
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -32,9 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError, FacediagError, ImageLoadError
-from edge.face.contract import PreprocessContract, crops_to_input
-from edge.hashing import sha256_bytes, sha256_file
+from facediag.edge.errors import ConfigError, FacediagError, ImageLoadError
+from facediag.edge.face.contract import PreprocessContract, crops_to_input
+from facediag.edge.hashing import sha256_bytes, sha256_file
+from facediag.edge.photos import (
+    PhotoCropper,
+    PhotoSetError,
+    list_images,
+    read_labelled_csv,
+    read_labelled_folder,
+    suffix_list,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +50,6 @@ FORMAT_VERSION = 1
 INPUTS = "inputs.npy"
 MANIFEST = "manifest.json"
 CALIB, HOLDOUT = "calib", "holdout"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"}
-
-
 class CalibrationError(FacediagError):
     """A calibration set is missing, corrupt, too small or made for another contract."""
 
@@ -59,50 +63,30 @@ class Source:
     name: str
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-
-
 def list_sources(src: str | Path, csv_path: str | Path | None = None, split: str | None = None) -> list[Source]:
     """Photos under ``src`` with labels from ``csv_path`` (image,label[,split]) or from class sub-folders.
 
-    Without a CSV: images directly in ``src`` are unlabelled; when ``src`` holds only sub-folders,
-    each sub-folder name is the label of the images in it.
+    Read by the photo-collection layer (``facediag.edge.photos``). Without a CSV: images directly
+    in ``src`` are unlabelled; when ``src`` holds only sub-folders, each sub-folder name is the
+    label of the images in it (``<split>/<class>/`` folders are understood too). With a CSV, rows
+    may have an empty label (unlabelled), the split column may hold any name (e.g. "calib"), and
+    ``split`` keeps only the rows of that split.
     """
     src = Path(src)
     if not src.exists():
         raise ConfigError(f"{src}: no such folder or file")
     if csv_path is not None:
-        csv_path = Path(csv_path)
-        if not csv_path.is_file():
-            raise ConfigError(f"--csv {csv_path}: no such file")
-        out = []
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if not {"image", "label"} <= set(reader.fieldnames or []):
-                raise ConfigError(f"{csv_path}: header must name the columns image,label[,split]")
-            for lineno, row in enumerate(reader, start=2):
-                if split is not None and (row.get("split") or "").strip() != split:
-                    continue
-                image = (row.get("image") or "").strip()
-                path = src / image
-                if not path.is_file():
-                    raise ConfigError(f"{csv_path.name} line {lineno}: {image} not found under {src}")
-                out.append(Source(path, (row.get("label") or "").strip() or None, image))
-        if not out:
-            raise ConfigError(f"{csv_path}: no rows{f' with split {split!r}' if split else ''}")
-        return out
+        rows = read_labelled_csv(csv_path, src, require_label=False, splits=None, only_split=split)
+        return [Source(r.path, r.label or None, r.name) for r in rows]
     if src.is_file():
         return [Source(src, None, src.name)]
-    top = sorted(p for p in src.iterdir() if _is_image(p))
-    subdirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if top or not subdirs:
-        out = [Source(p, None, p.name) for p in top]
-    else:
-        out = [Source(p, d.name, f"{d.name}/{p.name}") for d in subdirs for p in sorted(d.iterdir()) if _is_image(p)]
-    if not out:
-        raise ConfigError(f"{src}: no images found (suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return out
+    top = list_images(src)
+    has_subdirs = any(p.is_dir() and not p.name.startswith(".") for p in src.iterdir())
+    if top or not has_subdirs:
+        if not top:
+            raise PhotoSetError(f"{src}: no images found (suffixes {suffix_list()})")
+        return [Source(p, None, p.name) for p in top]
+    return [Source(p.path, p.label, p.name) for p in read_labelled_folder(src)]
 
 
 def stratified_order(sources: list[Source], seed: int) -> list[Source]:
@@ -129,43 +113,15 @@ def stratified_order(sources: list[Source], seed: int) -> list[Source]:
     return [s for _, _, s in keyed]
 
 
-class Cropper:
+class Cropper(PhotoCropper):
     """Photo -> aligned crop for a contract, with the policy training used (``PhotoFrontEnd``).
 
-    Images already of the contract's crop size are taken as aligned crops and not detected again.
+    Images already of the contract's crop size are taken as aligned crops and not detected
+    again (``aligned="auto"``). Kept as the calibration name of ``facediag.edge.photos.PhotoCropper``.
     """
 
     def __init__(self, contract: PreprocessContract, detector: Any | None = None, aligned: str = "auto") -> None:
-        self.contract = contract
-        self.aligned = aligned
-        self._detector = detector
-        self._impl: Any = None
-        self.description: dict[str, Any] = {"aligned": aligned}
-
-    def _front_end(self) -> Any:
-        if self._impl is None:
-            if self._detector is None:
-                from edge.face.detector import make_detector
-
-                self._detector = make_detector("mtcnn")
-            from edge.face.pipeline import PhotoFrontEnd
-
-            self._impl = PhotoFrontEnd(self._detector, self.contract)
-            self.description.update(policy={"front_end": "edge.face.pipeline.PhotoFrontEnd", **PhotoFrontEnd.policy()})
-            self.description["detector"] = getattr(self._detector, "name", type(self._detector).__name__)
-        return self._impl
-
-    def crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray | None, list[str], bool]:
-        """(crop or None, reasons, whether the image was taken as already aligned)."""
-        is_crop_sized = image_bgr.shape[:2] == (self.contract.height, self.contract.width)
-        if self.aligned == "yes" or (self.aligned == "auto" and is_crop_sized):
-            if not is_crop_sized:
-                return None, [f"not an aligned {self.contract.height}x{self.contract.width} crop ({image_bgr.shape[1]}x{image_bgr.shape[0]})"], True
-            return image_bgr, [], True
-        result = self._front_end().process(image_bgr)
-        if result.crop is None:
-            return None, list(result.reasons) or ["no face found"], False
-        return result.crop, [], False
+        super().__init__(contract, detector, aligned=aligned)
 
 
 @dataclass
@@ -189,12 +145,12 @@ class Item:
 def collect_inputs(
     sources: Iterable[Source],
     contract: PreprocessContract,
-    cropper: Cropper,
+    cropper: PhotoCropper,
     count: int,
     progress: Callable[[Iterable[Source]], Iterable[Source]] | None = None,
 ) -> tuple[np.ndarray, list[tuple[Source, str, bool]], list[dict[str, str]]]:
     """Take sources in order until ``count`` crops are made. Returns (inputs, taken, skipped)."""
-    from edge.face.imageio import load_image
+    from facediag.edge.face.imageio import load_image
 
     crops: list[np.ndarray] = []
     taken: list[tuple[Source, str, bool]] = []
@@ -208,12 +164,12 @@ def collect_inputs(
         except ImageLoadError as exc:
             skipped.append({"source": source.name, "reason": str(exc)})
             continue
-        crop, reasons, aligned = cropper.crop(image)
-        if crop is None:
-            skipped.append({"source": source.name, "reason": "; ".join(reasons)})
+        outcome = cropper.crop(image)
+        if outcome.crop is None:
+            skipped.append({"source": source.name, "reason": "; ".join(outcome.reasons)})
             continue
-        crops.append(crop)
-        taken.append((source, sha256_file(source.path), aligned))
+        crops.append(outcome.crop)
+        taken.append((source, sha256_file(source.path), outcome.aligned_input))
     if not crops:
         return np.zeros((0, 3, contract.height, contract.width), np.float32), taken, skipped
     return crops_to_input(np.stack(crops), contract), taken, skipped
@@ -246,14 +202,14 @@ def build_calibration_set(
     count: int = 300,
     holdout: float = 0.25,
     seed: int = 0,
-    cropper: Cropper | None = None,
+    cropper: PhotoCropper | None = None,
     force: bool = False,
     progress: Callable[[Iterable[Source]], Iterable[Source]] | None = None,
 ) -> CalibrationSet:
-    """Make a calibration set for ``bundle`` (an ``edge.bundle.Bundle``) in ``out_dir``."""
-    from edge.atomicio import atomic_write_bytes
-    from edge.bundle import canonical_json
-    from facediag import __version__
+    """Make a calibration set for ``bundle`` (a ``facediag.edge.bundle.Bundle``) in ``out_dir``."""
+    from facediag.edge.atomicio import atomic_write_bytes
+    from facediag.edge.bundle import canonical_json
+    from facediag.edge.version import __version__
 
     out = Path(out_dir)
     if count < 2:
@@ -317,11 +273,11 @@ class CalibrationSet:
 
     @property
     def calib_inputs(self) -> np.ndarray:
-        return self.inputs[self._rows(CALIB)]
+        return np.asarray(self.inputs[self._rows(CALIB)])
 
     @property
     def holdout_inputs(self) -> np.ndarray:
-        return self.inputs[self._rows(HOLDOUT)]
+        return np.asarray(self.inputs[self._rows(HOLDOUT)])
 
     @property
     def holdout_labels(self) -> list[str | None]:
@@ -375,7 +331,7 @@ def load_labelled_inputs(
     *,
     images_dir: str | Path | None = None,
     split: str | None = None,
-    cropper: Cropper | None = None,
+    cropper: PhotoCropper | None = None,
     progress: Callable[[Iterable[Source]], Iterable[Source]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """A labelled validation set (CSV image,label[,split] or class sub-folders) -> (inputs, class indices, skipped).
@@ -393,12 +349,12 @@ def load_labelled_inputs(
     unlabelled = [s.name for s in sources if s.label is None]
     if unlabelled:
         raise ConfigError(f"--val {val}: {len(unlabelled)} image(s) without a label (e.g. {unlabelled[0]}); use class sub-folders or a CSV")
-    unknown = sorted({s.label for s in sources} - set(classes))
+    unknown = sorted({str(s.label) for s in sources} - set(classes))
     if unknown:
         raise ConfigError(f"--val {val}: label(s) {', '.join(map(str, unknown))} are not classes of this bundle ({', '.join(classes)})")
     cropper = cropper or Cropper(contract)
     inputs, taken, skipped = collect_inputs(sources, contract, cropper, len(sources), progress)
-    labels = np.array([classes.index(s.label) for s, _, _ in taken], dtype=np.int64)
+    labels = np.array([classes.index(str(s.label)) for s, _, _ in taken], dtype=np.int64)
     if len(labels) == 0:
         raise CalibrationError(f"--val {val}: no face found in any of {len(sources)} images")
     return inputs, labels, skipped

@@ -16,7 +16,7 @@ import numpy as np
 try:  # a TensorRT host may have no onnxruntime: iter_batches must work without it
     from onnxruntime.quantization import CalibrationDataReader
 except ImportError:  # pragma: no cover - exercised only where onnxruntime is absent
-    CalibrationDataReader = object  # type: ignore[misc,assignment]
+    CalibrationDataReader = object  # type: ignore[misc,assignment,unused-ignore]
 
 INPUT_NAME = "input"
 
@@ -50,7 +50,7 @@ def iter_batches(
         yield {input_name: np.ascontiguousarray(arr[start : start + batch_size])}
 
 
-class OrtCalibrationReader(CalibrationDataReader):
+class OrtCalibrationReader(CalibrationDataReader):  # type: ignore[misc,unused-ignore]
     """ONNX Runtime ``CalibrationDataReader`` over a calibration set's calibration rows (rewindable)."""
 
     def __init__(self, source: Any, batch_size: int = 8, input_name: str = INPUT_NAME, drop_last: bool = False) -> None:

@@ -21,6 +21,7 @@ quantised Mul/Add kernels. Every op used exists in every TensorRT version.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import FacediagError, ModelFileError
+from facediag.edge.errors import FacediagError, ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -185,61 +186,44 @@ def check_graph(path: str | Path, num_classes: int | None = None) -> None:
 
 def torch_probabilities(model: Any, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """The PyTorch model's probabilities for ``inputs`` (float32 NCHW), in batches."""
-    import torch
+    from facediag.converters.compare import TorchEngine, run_batches
 
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(inputs), batch_size):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size]))).numpy())
-    return np.concatenate(outs).astype(np.float32)
-
-
-def ort_probabilities(onnx_path: str | Path, inputs: np.ndarray, batch_size: int = 32, threads: int | None = None) -> np.ndarray:
-    """ONNX Runtime (CPU) probabilities for ``inputs``, in batches."""
-    from edge.engine.onnxruntime import OrtEngine
-
-    engine = OrtEngine(onnx_path, threads=threads)
-    try:
-        return np.concatenate([engine.infer(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
-    finally:
-        engine.close()
+    return run_batches(TorchEngine(model), inputs, batch_size)
 
 
 def parity(model: Any, onnx_path: str | Path, inputs: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
-    """Compare ONNX Runtime with PyTorch on real inputs; ExportError when they differ by more than ``tolerance``."""
+    """Compare ONNX Runtime with PyTorch on real inputs; ExportError when they differ by more than ``tolerance``.
+
+    Returns the verdict's record (what bundle.json keeps as the fp32 model's ``gate``).
+    """
+    from facediag.converters.compare import TorchEngine, compare_engines, ort_opener, parity_criteria
+
     if len(inputs) == 0:
         raise ExportError("the parity check needs at least one real aligned crop")
-    reference = torch_probabilities(model, inputs)
-    got = ort_probabilities(onnx_path, inputs)
-    if got.shape != reference.shape:
-        raise ExportError(f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}")
-    diff = float(np.abs(got - reference).max())
-    agree = float((got.argmax(1) == reference.argmax(1)).mean())
-    result = {
-        "reference": "pytorch",
-        "images": int(len(inputs)),
-        "max_abs_diff": diff,
-        "tolerance": tolerance,
-        "top1_agreement": agree,
-        "passed": diff <= tolerance,
-    }
-    if diff > tolerance:
+    try:
+        verdict = compare_engines(
+            ort_opener(Path(onnx_path)), lambda: TorchEngine(model), inputs, parity_criteria(tolerance),
+            candidate=f"{Path(onnx_path).name} (onnxruntime CPU)", reference="pytorch", inputs_name="real aligned crops",
+        )
+    except FacediagError as exc:  # e.g. the two disagree on the output shape
+        raise ExportError(f"ONNX Runtime and PyTorch cannot be compared: {exc}") from exc
+    if not verdict.passed:
         raise ExportError(
-            f"ONNX Runtime and PyTorch differ by {diff:.3g} in probability on {len(inputs)} real crops "
+            f"ONNX Runtime and PyTorch differ by {verdict.max_prob_diff:.3g} in probability on {len(inputs)} real crops "
             f"(tolerance {tolerance:g}); the export is not faithful: check for training-only layers or "
             f"unsupported ops, or file a bug with the checkpoint"
         )
-    return result
+    return verdict.to_dict()
 
 
 def check_output_is_probability(probs: np.ndarray) -> None:
     """Rows must be probabilities (the checkpoint contract): non-negative, summing to 1."""
     if probs.min() < -1e-6 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-4):
-        raise ModelFileError("the model's output rows are not probabilities (softmax missing?); load it with training.checkpoint.load_classifier")
+        raise ModelFileError("the model's output rows are not probabilities (softmax missing?); load it with facediag.training.checkpoint.load_classifier")
 
 
 def _checkpoint_sha(ckpt_dir: Path) -> str:
-    from edge.hashing import sha256_file
+    from facediag.edge.hashing import sha256_file
 
     weights = ckpt_dir / "model.safetensors"
     if not weights.is_file():
@@ -280,6 +264,70 @@ def thresholds_from_report(report_path: str | Path, classes: list[str], healthy_
     return found, f"{path.name} (chosen on validation data for sensitivity {sensitivity})"
 
 
+def _load_for_export(ckpt_dir: Path) -> tuple[Any, dict[str, Any], Any]:
+    """(model in eval mode, checkpoint metadata, its PreprocessContract)."""
+    from facediag.edge.face.contract import PreprocessContract
+    from facediag.training.checkpoint import load_classifier
+
+    model, meta = load_classifier(ckpt_dir)
+    model.eval()
+    contract: PreprocessContract | None = getattr(model, "contract", None)
+    if "contract" in meta:
+        contract = PreprocessContract.from_dict(meta["contract"])
+    if contract is None:
+        raise ModelFileError(f"{ckpt_dir}: the checkpoint records no preprocessing contract; re-save it with `facediag train`")
+    return model, meta, contract
+
+
+def _choose_thresholds(
+    meta: dict[str, Any], classes: list[str], healthy: str, report: str | Path | None
+) -> tuple[dict[str, float], str]:
+    """(thresholds, where they came from): the evaluate report, else the checkpoint, else 0.5 placeholders."""
+    if report is not None:
+        return thresholds_from_report(report, classes, healthy)
+    if meta.get("thresholds"):
+        return dict(meta["thresholds"]), "checkpoint"
+    log.warning("bundle thresholds are the 0.5 placeholder; choose them with `facediag evaluate` first")
+    return default_thresholds(classes, healthy), "default 0.5 (no thresholds given: run facediag evaluate and export --thresholds)"
+
+
+def _parity_gate(
+    model: Any, onnx_path: Path, parity_inputs: np.ndarray, tolerance: float, parity_sources: list[str] | None
+) -> dict[str, Any]:
+    """The fp32 gate: the model's outputs are probabilities and ONNX Runtime matches PyTorch on them."""
+    reference = torch_probabilities(model, parity_inputs[:2])
+    check_output_is_probability(reference)
+    gate = parity(model, onnx_path, parity_inputs, tolerance=tolerance)
+    if parity_sources:
+        # Content hashes only: a bundle never carries the photos' file names (clinical file names can
+        # identify patients), so anything that is not a sha256 is refused here.
+        if not all(isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d) for d in parity_sources):
+            raise ValueError("parity_sources must be the sha256 of the parity photos, never their file names")
+        gate["source_sha256"] = list(parity_sources[:50])  # beside the verdict's own fields
+    return gate
+
+
+def _healthy_class(meta: dict[str, Any], classes: list[str], ckpt_dir: Path) -> str:
+    """The checkpoint's healthy class; ModelFileError when it is not one of its classes."""
+    healthy = meta.get("healthy_class")
+    if not isinstance(healthy, str) or healthy not in classes:
+        raise ModelFileError(f"{ckpt_dir}/checkpoint.json: healthy_class {healthy!r} is not one of the classes {classes}")
+    return healthy
+
+
+def _publish(work: Path, bundle_dir: Path) -> None:
+    """Give the assembled folder normal permissions and rename it into place (replacing an old bundle)."""
+    import os
+    import shutil
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is meant to be copied and read
+    if bundle_dir.exists():
+        shutil.rmtree(bundle_dir)
+    work.rename(bundle_dir)
+
+
 def export_checkpoint(
     ckpt_dir: str | Path,
     bundle_dir: str | Path,
@@ -301,24 +349,18 @@ def export_checkpoint(
     The bundle is assembled in a temporary sibling folder and renamed into place only when the
     graph check and the parity check passed, so a failed export leaves no half bundle behind.
     """
-    import os
     import shutil
     import tempfile
 
-    from edge.bundle import PRECISION_FILES, create_bundle, load_bundle
-    from facediag import __version__
-    from training.checkpoint import load_classifier
+    from facediag.edge import precision as precision_table
+    from facediag.edge.bundle import create_bundle, load_bundle
+    from facediag.edge.version import __version__
 
     ckpt_dir, bundle_dir = Path(ckpt_dir), Path(bundle_dir)
     if bundle_dir.exists() and any(bundle_dir.iterdir()) and not force:
         raise FacediagError(f"{bundle_dir} already exists and is not empty: choose a new folder or pass --force to replace it")
     source_sha = _checkpoint_sha(ckpt_dir)
-    model, meta = load_classifier(ckpt_dir)
-    model.eval()
-    contract = model.contract if hasattr(model, "contract") else None
-    from edge.face.contract import PreprocessContract
-
-    contract = PreprocessContract.from_dict(meta["contract"]) if "contract" in meta else contract
+    model, meta, contract = _load_for_export(ckpt_dir)
     classes = list(meta["classes"])
     expected = (contract.height, contract.width)
     if parity_inputs.ndim != 4 or parity_inputs.shape[1:] != (3, *expected):
@@ -326,25 +368,12 @@ def export_checkpoint(
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", dir=bundle_dir.parent))
     try:
-        onnx_name = PRECISION_FILES["fp32"]
+        onnx_name = precision_table.file_name(precision_table.REFERENCE)
         info = export_model(model, contract, work / onnx_name, opset=opset, prelu=prelu)
         check_graph(work / onnx_name, num_classes=len(classes))
-        reference = torch_probabilities(model, parity_inputs[:2])
-        check_output_is_probability(reference)
-        gate = parity(model, work / onnx_name, parity_inputs, tolerance=tolerance)
-        if parity_sources:
-            gate["sources"] = parity_sources[:50]
-        healthy = meta.get("healthy_class")
-        if healthy not in classes:
-            raise ModelFileError(f"{ckpt_dir}/checkpoint.json: healthy_class {healthy!r} is not one of the classes {classes}")
-        if thresholds_report is not None:
-            thresholds, thresholds_source = thresholds_from_report(thresholds_report, classes, healthy)
-        elif meta.get("thresholds"):
-            thresholds, thresholds_source = meta["thresholds"], "checkpoint"
-        else:
-            thresholds = default_thresholds(classes, healthy)
-            thresholds_source = "default 0.5 (no thresholds given: run facediag evaluate and export --thresholds)"
-            log.warning("bundle thresholds are the 0.5 placeholder; choose them with `facediag evaluate` first")
+        gate = _parity_gate(model, work / onnx_name, parity_inputs, tolerance, parity_sources)
+        healthy = _healthy_class(meta, classes, ckpt_dir)
+        thresholds, thresholds_source = _choose_thresholds(meta, classes, healthy, thresholds_report)
         extra = {
             "export": info.to_dict(),
             "thresholds_source": thresholds_source,
@@ -362,12 +391,7 @@ def export_checkpoint(
             creator=f"facediag {__version__}",
             extra=extra,
         )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is meant to be copied and read
-        if bundle_dir.exists():
-            shutil.rmtree(bundle_dir)
-        work.rename(bundle_dir)
+        _publish(work, bundle_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ConfigError
+from facediag.edge import precision as precision_table
+from facediag.edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("tensorrt", "cpu")
+TARGETS = precision_table.quantize_targets()  # ("cpu", "tensorrt"): the rows `quantize --target` makes
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -108,7 +109,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib_reader: Any
               "percentile": CalibrationMethod.Percentile}[settings.method]
     if settings.target == "tensorrt":
         act, wt = QuantType.QInt8, QuantType.QInt8
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True}
     else:
         act, wt = QuantType.QUInt8, QuantType.QInt8
         extra = {"ActivationSymmetric": False, "WeightSymmetric": True}

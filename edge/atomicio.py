@@ -11,6 +11,19 @@ is fsynced so that the rename survives a power cut.
 A writer killed with SIGKILL cannot clean up its temporary file; the file name
 carries the writer's pid so that :func:`remove_stale_temporaries` can later
 remove leftovers whose writer is gone, without touching a live writer's file.
+
+What to call:
+
+==============================  ==============================================================
+``atomic_write_bytes``          bytes already in memory
+``atomic_write_text``           a str (UTF-8 unless told otherwise)
+``atomic_write_json``           a JSON document (indented, key-sorted by default; options)
+``atomic_writer``               a binary file object, for data produced in pieces
+``atomic_path``                 a temporary *path*, for a library that writes by file name
+                                (``safetensors.save_file``, ``onnx.save``, ``cv2.imwrite``)
+``fsync_directory``             make a rename or a new file in a folder durable
+``remove_stale_temporaries``    clean up after writers that were killed
+==============================  ==============================================================
 """
 
 from __future__ import annotations
@@ -84,10 +97,53 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None
         fh.write(data)
 
 
-def atomic_write_json(path: str | Path, obj: Any, mode: int = 0o644) -> None:
-    """Write ``obj`` as indented, key-sorted UTF-8 JSON atomically (stable output diffs well)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def atomic_write_text(path: str | Path, text: str, mode: int = 0o644, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically, encoded with ``encoding``."""
+    atomic_write_bytes(path, text.encode(encoding), mode)
+
+
+def atomic_write_json(path: str | Path, obj: Any, mode: int = 0o644, *, indent: int | None = 2,
+                      sort_keys: bool = True, ensure_ascii: bool = False, allow_nan: bool = True) -> None:
+    """Write ``obj`` as UTF-8 JSON plus a final newline, atomically.
+
+    Defaults: indented and key-sorted (stable output diffs well). Pass ``allow_nan=False`` for
+    documents other tools must parse (NaN/Infinity are not JSON; ValueError instead).
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii, allow_nan=allow_nan) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that only takes a file name.
+
+    On a clean exit the file written there is fsynced and renamed over ``path`` (then the
+    folder is fsynced); on an error, or when nothing was written, ``path`` is left as it was and
+    the temporary file is removed. Only that one file is covered: a writer that adds side files
+    (ONNX external data) must write them first, by their final names.
+    """
+    final = Path(path)
+    directory = final.parent if str(final.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot write {final}: folder {directory} does not exist")
+    temp = _temp_name(final)
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))  # reserve the name
+    try:
+        yield temp
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            if os.fstat(fd).st_size == 0:
+                raise OSError(f"nothing was written to {final} (the temporary file {temp.name} is empty)")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(temp, mode)
+        os.replace(temp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_directory(directory)
 
 
 def _pid_alive(pid: int) -> bool:

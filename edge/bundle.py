@@ -29,23 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.atomicio import atomic_write_bytes
-from edge.errors import BundleError, ConfigError
-from edge.face.contract import PreprocessContract
-from edge.hashing import sha256_bytes, sha256_file
+from facediag.edge import precision as precision_table
+from facediag.edge.atomicio import atomic_write_bytes
+from facediag.edge.errors import BundleError, ConfigError
+from facediag.edge.face.contract import PreprocessContract
+from facediag.edge.hashing import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 SELF_HASH_FIELD = "bundle_sha256"
-# Precision name -> the file name the converters give it.
-PRECISION_FILES: dict[str, str] = {
-    "fp32": "model.onnx",
-    "fp16": "model.fp16.onnx",
-    "int8-cpu": "model.int8-cpu.onnx",
-    "int8-tensorrt": "model.int8-tensorrt.onnx",
-}
+# Precision name -> the file name the converters give it (from the precision table).
+PRECISION_FILES: dict[str, str] = precision_table.files()
 REQUIRED_FIELDS = (
     "schema_version",
     "classes",
@@ -129,11 +125,7 @@ class Bundle:
         """Path of the ONNX file for ``precision``; BundleError naming the precisions there are otherwise."""
         if precision not in self.precisions:
             have = ", ".join(sorted(self.precisions)) or "none"
-            hint = {
-                "fp16": "make it with `facediag fp16 BUNDLE`",
-                "int8-cpu": "make it with `facediag quantize BUNDLE --calib SET --target cpu`",
-                "int8-tensorrt": "make it with `facediag quantize BUNDLE --calib SET --target tensorrt`",
-            }.get(precision, "")
+            hint = precision_table.make_hint(precision) if precision != precision_table.REFERENCE else ""
             raise BundleError(f"bundle {self.path} has no {precision!r} model (it has: {have}). {hint}".strip())
         return self.path / self.precisions[precision].file
 
@@ -176,7 +168,7 @@ class Bundle:
 
     def remove_precision(self, name: str) -> None:
         """Drop a precision from bundle.json (the file itself is left for the caller to delete)."""
-        if name == "fp32":
+        if name == precision_table.REFERENCE:
             raise BundleError("the fp32 model is the reference of every other precision and cannot be removed")
         entry = self.precisions.pop(name, None)
         if entry is None:
@@ -186,9 +178,18 @@ class Bundle:
         self.save()
 
     def verify_files(self) -> None:
-        """Re-hash every listed file; BundleError naming the first that is missing or differs."""
+        """Re-hash every listed file; BundleError naming the first that is missing, a symlink, or differs;
+        an ONNX file's external-data files must be listed (hashed) too."""
         for name, expected in sorted(self.files.items()):
             path = self.path / name
+            if path.is_symlink():
+                raise BundleError(f"bundle {self.path}: {name} is a symlink; a bundle holds its own files, "
+                                  f"copy the real file in or {_REEXPORT}")
+            if name.endswith(".onnx") and path.is_file():
+                unlisted = [x for x in onnx_external_data(path) if x not in self.files]
+                if unlisted:
+                    raise BundleError(f"bundle {self.path}: {name} reads external data {', '.join(unlisted)} that "
+                                      f"bundle.json does not hash; {_REEXPORT}")
             if not path.is_file():
                 raise BundleError(f"bundle {self.path}: {name} is missing (bundle.json lists it); copy the whole bundle folder again or {_REEXPORT}")
             actual = sha256_file(path)
@@ -231,6 +232,28 @@ def create_bundle(
     return load_bundle(folder)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def onnx_external_data(path: Path) -> list[str]:
+    """The external-data files an ONNX model reads (``location`` of its EXTERNAL initializers), [] when none."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt model: the hash check names it
+        log.debug("cannot parse %s for external data: %s", path, exc)
+        return []
+    locations: list[str] = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if where and where not in locations:
+                locations.append(where)
+    return locations
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise BundleError(f"{BUNDLE_JSON}: {message}; {_REEXPORT}")
@@ -256,11 +279,11 @@ def _validate(doc: dict[str, Any], folder: Path) -> Bundle:
     for cls, value in thresholds.items():
         _require(cls in classes, f"field 'thresholds' names {cls!r}, which is not one of the classes")
         _require(
-            isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0,
-            f"threshold for {cls!r} must be a probability in [0, 1], got {value!r}",
+            isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value < 1.0,
+            f"threshold for {cls!r} must be a probability in (0, 1), got {value!r} (0 refers everyone, 1 no one)",
         )
     files = doc["files"]
-    _require(isinstance(files, dict) and files, "field 'files' must be a non-empty object (file name -> sha256)")
+    _require(isinstance(files, dict) and bool(files), "field 'files' must be a non-empty object (file name -> sha256)")
     for name, digest in files.items():
         _check_file_name(name, "field 'files'")
         _require(isinstance(digest, str) and bool(_HEX64.match(digest)), f"field 'files' has no valid sha256 for {name!r}")
@@ -273,6 +296,7 @@ def _validate(doc: dict[str, Any], folder: Path) -> Bundle:
         _check_file_name(entry["file"], f"precision {name!r}")
         _require(entry["file"] in files, f"precision {name!r} names {entry['file']!r}, which has no sha256 in 'files'")
         _require(isinstance(entry["gate"], dict), f"precision {name!r}: 'gate' must be an object")
+        _require(entry["gate"].get("passed", True) is True, f"precision {name!r}: its accuracy gate is marked failed")
         target = entry.get("target")
         _require(target is None or isinstance(target, str), f"precision {name!r}: 'target' must be a string")
         precisions[name] = PrecisionEntry(name=name, file=entry["file"], gate=entry["gate"], target=target)
@@ -314,13 +338,13 @@ def load_bundle(path: str | Path, verify_files: bool = True) -> Bundle:
         raise BundleError(f"{folder} is not a model bundle: {BUNDLE_JSON} is missing; {_REEXPORT}")
     raw = meta.read_bytes()
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{meta}: {BUNDLE_JSON} is corrupted (not valid JSON: {exc}); {_REEXPORT}") from exc
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # also NaN/Infinity, huge ints, deep nesting
+        raise BundleError(f"{meta}: {BUNDLE_JSON} is corrupted (not valid JSON: {str(exc)[:200]}); {_REEXPORT}") from None
     if not isinstance(doc, dict):
         raise BundleError(f"{meta}: {BUNDLE_JSON} must hold a JSON object; {_REEXPORT}")
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or type(version) is not int:  # 1.0 and true equal 1, but are not the schema
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             hint = "it was made by a newer facediag: upgrade facediag on this station"
         else:
@@ -332,14 +356,18 @@ def load_bundle(path: str | Path, verify_files: bool = True) -> Bundle:
     if stored != self_hash(doc):
         raise BundleError(
             f"{meta}: {BUNDLE_JSON} was modified after it was written (its {SELF_HASH_FIELD} does not match its "
-            f"content); {_REEXPORT}, or change bundles only through edge.bundle.Bundle.save()"
+            f"content); {_REEXPORT}, or change bundles only through facediag.edge.bundle.Bundle.save()"
         )
     if raw != canonical_json(doc):
         raise BundleError(
             f"{meta}: {BUNDLE_JSON} was modified after it was written (its layout is not the canonical one "
-            f"facediag writes); {_REEXPORT}, or change bundles only through edge.bundle.Bundle.save()"
+            f"facediag writes); {_REEXPORT}, or change bundles only through facediag.edge.bundle.Bundle.save()"
         )
-    bundle = _validate(doc, folder)
+    try:
+        bundle = _validate(doc, folder)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # wrong types inside a re-hashed bundle.json
+        raise BundleError(f"{meta}: a field has the wrong type ({type(exc).__name__}: {str(exc)[:200]}); "
+                          f"{_REEXPORT}") from None
     if verify_files:
         bundle.verify_files()
     return bundle

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import ModelFileError
-from edge.hashing import sha256_file
+from facediag.edge.atomicio import atomic_writer
+from facediag.edge.errors import ModelFileError
+from facediag.edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ def default_models_dir() -> Path:
 
 def check_sha256(path: Path, expected: str) -> None:
     """Raise ModelFileError unless the file's sha256 is ``expected``."""
-    actual = sha256_file(path)
+    _check_digest(path, sha256_file(path), expected)
+
+
+def _check_digest(path: Path, actual: str, expected: str) -> None:
     if actual != expected:
         raise ModelFileError(
             f"{path}: sha256 {actual} does not match the pinned {expected}; the download is corrupt "
@@ -73,24 +77,20 @@ def fetch_model(name: str, dest_dir: Path | None = None, url: str | None = None)
         except ModelFileError:
             log.warning("%s exists but its hash is wrong; fetching again", target)
     source = url or spec.url
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{spec.filename}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(source, timeout=60) as resp:  # noqa: S310 - pinned https URL
-                    while block := resp.read(1 << 16):
-                        out.write(block)
-            except OSError as exc:
-                raise ModelFileError(
-                    f"could not download {name} from {source}: {exc}. On a machine without network, copy "
-                    f"{spec.filename} into {dest_dir} by hand (its sha256 must be {spec.sha256})"
-                ) from None
-            out.flush()
-            os.fsync(out.fileno())
-        check_sha256(Path(tmp), spec.sha256)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # Streamed into a temporary file beside the target; a wrong hash raises inside the writer,
+    # so the temporary file is removed and an existing target is left as it was.
+    digest = hashlib.sha256()
+    with atomic_writer(target) as out:
+        try:
+            with urllib.request.urlopen(source, timeout=60) as resp:  # noqa: S310 - pinned https URL
+                while block := resp.read(1 << 16):
+                    out.write(block)
+                    digest.update(block)
+        except OSError as exc:
+            raise ModelFileError(
+                f"could not download {name} from {source}: {exc}. On a machine without network, copy "
+                f"{spec.filename} into {dest_dir} by hand (its sha256 must be {spec.sha256})"
+            ) from None
+        _check_digest(target, digest.hexdigest(), spec.sha256)
     log.info("fetched %s -> %s (sha256 verified)", name, target)
     return target

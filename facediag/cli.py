@@ -10,14 +10,14 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from facediag import __version__
+from facediag.edge.version import __version__
 
 log = logging.getLogger("facediag")
 
 # Order in which subcommands are listed in --help (the user's path through the tool).
 _ORDER = [
-    "crop", "train", "evaluate", "export", "calibrate", "quantize", "fp16",
-    "build", "verify", "run", "demo", "bench", "models",
+    "crop", "train", "evaluate", "export", "calibrate", "quantize", "fp16", "keygen", "sign",
+    "station", "build", "verify", "run", "demo", "bench", "collect", "fleet", "models",
 ]
 
 
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="facediag",
         description=(
             "Facial-diagnosis screening on edge devices. Workstation: crop -> train -> evaluate -> "
-            "export -> calibrate -> quantize/fp16. Station: build -> verify -> run. "
+            "export -> calibrate -> quantize/fp16 -> sign. Station: station install -> build -> verify -> run. "
+            "Fleet: collect, fleet. "
             "Try `facediag demo` first: it needs no camera, GPU or network. "
             "Results are screening aids for trained staff, not diagnoses."
         ),
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from facediag.edge.service.journal import use_journal_priorities
+
+    use_journal_priorities()  # under systemd: <N> priority prefixes, so `journalctl -p err` finds the errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from edge.errors import ConfigError, FacediagError
+    from facediag.edge.errors import ConfigError, FacediagError
 
     try:
         return int(args._run(args) or 0)

@@ -31,3 +31,26 @@ from hypothesis import settings as _hyp_settings  # noqa: E402
 
 _hyp_settings.register_profile("facediag", deadline=None, max_examples=60)
 _hyp_settings.load_profile("facediag")
+
+
+# Issue 11: the fault and fuzz suite (tests/test_faults_*.py) is counted per area in the summary.
+def pytest_runtest_logreport(report) -> None:
+    from tests.faults_report import record
+
+    record(report)
+
+
+def pytest_runtest_setup(item) -> None:
+    from tests.faults_report import note_fuzz
+
+    note_fuzz(item)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.faults_report import summary_lines
+
+    lines = summary_lines()
+    if lines:
+        terminalreporter.write_sep("-", "fault and fuzz suite, per area (issue 11)")
+        for line in lines:
+            terminalreporter.write_line(line)

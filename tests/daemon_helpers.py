@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 # ------------------------------------------------------------------ bundle
 def yale_photo(name: str) -> np.ndarray:
-    from edge.face.imageio import load_image
+    from facediag.edge.face.imageio import load_image
     from tests.conftest import fixture_path
 
     return load_image(fixture_path(f"faces/yale/{name}"))
@@ -42,11 +42,11 @@ def build_test_bundle(out_dir: Path) -> Path:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from edge.face.detector import make_detector
-    from edge.face.pipeline import FaceFrontEnd
     from facediag.demo.bundle import build_head_bundle
+    from facediag.edge.face.detector import make_detector
+    from facediag.edge.face.pipeline import FaceFrontEnd
+    from facediag.training.backbones import get_backbone
     from tests.conftest import fixture_path
-    from training.backbones import get_backbone
 
     backbone = get_backbone("mobilefacenet", weights=fixture_path("models/mobilefacenet_112x96_casia.ckpt"))
     front = FaceFrontEnd(make_detector("yunet", fixture_path("models/face_detection_yunet_2026may.onnx")),
@@ -58,7 +58,7 @@ def build_test_bundle(out_dir: Path) -> Path:
             if result.crop is not None:
                 crops.append(result.crop)
                 labels.append(label)
-    from edge.face.contract import crops_to_input
+    from facediag.edge.face.contract import crops_to_input
 
     x = crops_to_input(crops, backbone.contract)
     with torch.no_grad():
@@ -171,7 +171,11 @@ class NotifyListener:
 
 # ------------------------------------------------------------------ config and process
 def write_station_config(tmp: Path, *, uri: str, bundle: Path, yunet: Path, port: int, loop: bool = True,
-                         extra: str = "", service: str = "", source_extra: str = "") -> Path:
+                         extra: str = "", service: str = "", source_extra: str = "",
+                         trust: str = "allow_unsigned = true", trigger: str = "auto",
+                         screening: str = "") -> Path:
+    """A station config for the tests. ``trust`` is the body of its [trust] section: by default the tests'
+    unsigned bundles are allowed explicitly (tests/test_signing.py checks signed and refused ones)."""
     token_file = tmp / "api.token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
@@ -199,6 +203,8 @@ threads = 1
 good_frames = 5
 window_s = 5.0
 face_lost_s = 0.5
+trigger = "{trigger}"
+{screening}
 
 [results]
 path = "{state / 'results.jsonl'}"
@@ -209,6 +215,9 @@ token_file = "{token_file}"
 
 [service]
 {service}
+
+[trust]
+{trust}
 {extra}
 """
     path = tmp / "station.toml"

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from edge.errors import ConfigError, ModelFileError
-from edge.face.contract import TEMPLATES, apply_scaling, crops_to_input
+from facediag.edge.errors import ConfigError, ModelFileError
+from facediag.edge.face.contract import TEMPLATES, apply_scaling, crops_to_input
+from facediag.training.backbones import BACKBONES, available_pretrained, backbone_contract, get_backbone
+from facediag.training.backbones.iresnet import IResNet
+from facediag.training.backbones.loading import check_state_dict, load_strict, read_state_dict
+from facediag.training.backbones.mobilefacenet import MobileFaceNet
+from facediag.training.backbones.vgg import VGG16, from_torchvision_layout
 from tests.conftest import fixture_path
-from training.backbones import BACKBONES, available_pretrained, backbone_contract, get_backbone
-from training.backbones.iresnet import IResNet
-from training.backbones.loading import check_state_dict, load_strict, read_state_dict
-from training.backbones.mobilefacenet import MobileFaceNet
-from training.backbones.vgg import VGG16, from_torchvision_layout
 
 MFN_CKPT = "models/mobilefacenet_112x96_casia.ckpt"
 
@@ -221,8 +221,8 @@ def test_mobilefacenet_loads_fixture_strictly_and_scales_inside() -> None:
 def _wild_pairs() -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict[str, str]]]:
     import cv2
 
-    from edge.face.imageio import load_image
-    from edge.face.yunet import YuNetDetector
+    from facediag.edge.face.imageio import load_image
+    from facediag.edge.face.yunet import YuNetDetector
 
     folder = fixture_path("faces/wild/master.csv").parent
     detector = YuNetDetector(fixture_path("models/face_detection_yunet_2026may.onnx"))
@@ -244,7 +244,7 @@ def _wild_pairs() -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[dict[s
 def test_mobilefacenet_separates_same_and_different_people_with_rgb_input() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from edge.face.align import align_face
+    from facediag.edge.face.align import align_face
 
     faces, pairs = _wild_pairs()
     model = get_backbone("mobilefacenet", weights=fixture_path(MFN_CKPT))

@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edge.bundle import (  # noqa: E402
+from facediag.edge.bundle import (  # noqa: E402
     BUNDLE_JSON,
     SCHEMA_VERSION,
     SELF_HASH_FIELD,
@@ -28,11 +28,11 @@ from edge.bundle import (  # noqa: E402
     load_bundle,
     serialise,
 )
-from edge.engine.base import Engine  # noqa: E402
-from edge.engine.onnxruntime import OrtEngine  # noqa: E402
-from edge.errors import BundleError, ConfigError  # noqa: E402
-from edge.face.contract import PreprocessContract  # noqa: E402
-from edge.hashing import sha256_file  # noqa: E402
+from facediag.edge.engine.base import Engine  # noqa: E402
+from facediag.edge.engine.onnxruntime import OrtEngine  # noqa: E402
+from facediag.edge.errors import BundleError, ConfigError  # noqa: E402
+from facediag.edge.face.contract import PreprocessContract  # noqa: E402
+from facediag.edge.hashing import sha256_file  # noqa: E402
 
 CONTRACT = PreprocessContract("sphereface_112x96")
 CLASSES = ["healthy", "pale_skin", "rosy_cheeks"]

@@ -17,7 +17,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from edge.capture import (  # noqa: E402
+from facediag.edge.capture import (  # noqa: E402
     BackoffPolicy,
     CaptureSupervisor,
     EndOfStream,
@@ -26,8 +26,8 @@ from edge.capture import (  # noqa: E402
     make_source,
     parse_source_uri,
 )
-from edge.capture import supervisor as sup_mod  # noqa: E402
-from edge.errors import ConfigError  # noqa: E402
+from facediag.edge.capture import supervisor as sup_mod  # noqa: E402
+from facediag.edge.errors import ConfigError  # noqa: E402
 from tests.conftest import fixture_path  # noqa: E402
 
 PHOTOS = ["faces/wild/img1.jpg", "faces/wild/img2.jpg", "faces/wild/img3.jpg"]
@@ -195,7 +195,7 @@ def test_video_file_loop_restarts_at_first_frame(video_file):
 
 
 def test_video_file_paces_at_file_rate_or_given_rate(video_file):
-    from edge.capture.video_file_source import VideoFileSource
+    from facediag.edge.capture.video_file_source import VideoFileSource
 
     path, _ = video_file
     fake_now = [0.0]
@@ -236,7 +236,7 @@ def test_video_file_missing_is_a_clear_error(tmp_path):
 
 # ------------------------------------------------------------------------------- folder source
 def test_image_folder_reads_in_name_order_skips_bad_files(tmp_path):
-    from edge.face.imageio import load_image
+    from facediag.edge.face.imageio import load_image
 
     names = ["b.jpg", "a.jpg", "c.png"]
     for name, rel in zip(names, PHOTOS, strict=True):
@@ -289,7 +289,7 @@ class _StandInPicamera2:
     def start(self):
         self.calls.append(("start",))
 
-    def capture_array(self, name="main"):
+    def capture_array(self, name="main", wait=None, signal_function=None):
         self.calls.append(("capture_array", name))
         w, h = self.calls[0][1]["size"]
         frame = np.zeros((h, w, 3), np.uint8)
@@ -341,7 +341,7 @@ def test_picamera2_missing_library_says_how_to_install(monkeypatch):
 
 # ------------------------------------------------------------------------ GStreamer, V4L2
 def test_gstreamer_build_info_detection():
-    from edge.capture.gstreamer_source import build_info_has_gstreamer, jetson_csi_pipeline
+    from facediag.edge.capture.gstreamer_source import build_info_has_gstreamer, jetson_csi_pipeline
 
     yes = "  Video I/O:\n    FFMPEG:                      YES\n    GStreamer:                   YES (1.20.3)\n"
     no = "  Video I/O:\n    FFMPEG:                      YES\n    GStreamer:                   NO\n"
@@ -353,7 +353,7 @@ def test_gstreamer_build_info_detection():
 
 
 def test_gstreamer_without_support_explains_pip_opencv():
-    from edge.capture.gstreamer_source import opencv_has_gstreamer
+    from facediag.edge.capture.gstreamer_source import opencv_has_gstreamer
 
     if opencv_has_gstreamer():
         pytest.skip("this OpenCV has GStreamer; the refusal path cannot be shown here")

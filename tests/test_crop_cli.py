@@ -58,7 +58,7 @@ def test_crop_folder_reports_bad_files_and_resumes(photo_folder: Path, tmp_path:
 
     rows = _manifest(dst)
     assert rows["healthy/a.jpg"]["status"] == "ok"
-    assert (dst / "healthy" / "a.png").is_file() and (dst / "pale" / "subject01.png").is_file()
+    assert (dst / "healthy" / "a.jpg.png").is_file() and (dst / "pale" / "subject01.happy.png").is_file()
     assert len(json.loads(rows["healthy/a.jpg"]["landmarks"])) == 5
     assert "2 faces found; kept the largest" in rows["healthy/couple.jpg"]["reason"]
     assert "empty (0 bytes)" in rows["pale/empty.jpg"]["reason"]
@@ -68,7 +68,7 @@ def test_crop_folder_reports_bad_files_and_resumes(photo_folder: Path, tmp_path:
     assert all(len(r["source_sha256"]) == 64 for r in rows.values())
     import cv2
 
-    crop = cv2.imread(str(dst / "healthy" / "a.png"))
+    crop = cv2.imread(str(dst / "healthy" / "a.jpg.png"))
     assert crop.shape == (112, 112, 3)
 
     # A re-run does nothing new; a new photo is the only work done.

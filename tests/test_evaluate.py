@@ -44,8 +44,8 @@ def _assert_pngs(folder: Path) -> None:
 
 
 def test_report_writes_strict_json_pngs_and_table(tmp_path: Path) -> None:
-    from training.metrics import summarize
-    from training.report import format_table, write_report
+    from facediag.training.metrics import summarize
+    from facediag.training.report import format_table, write_report
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 20)
@@ -97,7 +97,7 @@ def genki_model():
     """
     if not GENKI.is_dir():
         pytest.skip("needs ../shared/fixtures/faces/genki4k (the shared fixtures are not beside this checkout)")
-    from training.strategies.dsift import GridParams, train_dsift
+    from facediag.training.strategies.dsift import GridParams, train_dsift
 
     x_tr, y_tr = _genki("train_folder", 250, seed=1)
     x_te, y_te = _genki("test_folder", 150, seed=2)
@@ -107,7 +107,7 @@ def genki_model():
 
 
 def test_dsift_learns_smiles_above_chance(genki_model) -> None:  # type: ignore[no-untyped-def]
-    from training.metrics import roc_auc
+    from facediag.training.metrics import roc_auc
 
     model, x_te, y_te = genki_model
     probs = model.predict_proba(x_te)
@@ -126,8 +126,8 @@ def test_dsift_learns_smiles_above_chance(genki_model) -> None:  # type: ignore[
 def test_dsift_save_load_round_trip(genki_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from training.checkpoint import read_meta
-    from training.strategies.dsift import is_dsift_checkpoint, load_dsift
+    from facediag.training.checkpoint import read_meta
+    from facediag.training.strategies.dsift import is_dsift_checkpoint, load_dsift
 
     model, x_te, _ = genki_model
     # An undefined metric (NaN) must not make checkpoint.json invalid JSON.
@@ -149,8 +149,8 @@ def test_dsift_save_load_round_trip(genki_model, tmp_path: Path) -> None:  # typ
 
 
 def test_load_dsift_errors_say_what_is_wrong(genki_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from edge.errors import ModelFileError
-    from training.strategies.dsift import load_dsift
+    from facediag.edge.errors import ModelFileError
+    from facediag.training.strategies.dsift import load_dsift
 
     with pytest.raises(ModelFileError, match="not a dense-SIFT checkpoint"):
         load_dsift(tmp_path / "nothing")
@@ -162,7 +162,7 @@ def test_load_dsift_errors_say_what_is_wrong(genki_model, tmp_path: Path) -> Non
 
 
 def test_dsift_rejects_bad_input() -> None:
-    from training.strategies.dsift import GridParams, dense_descriptors, train_dsift
+    from facediag.training.strategies.dsift import GridParams, dense_descriptors, train_dsift
 
     crops = np.zeros((4, 64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="only one class"):
@@ -211,7 +211,7 @@ def _evaluate(args: list[str]) -> int:
 
 def _crops_of(split_dir: Path, contract, cache: Path):  # type: ignore[no-untyped-def]
     """The test split's crops and labels through the same front-end and cache (what evaluate should see)."""
-    from training.crop_cache import CropCache, make_cropper
+    from facediag.training.crop_cache import CropCache, make_cropper
 
     paths, labels = [], []
     for label, name in enumerate(CLASSES):
@@ -246,8 +246,7 @@ def _check_report(out: Path, expected_probs: np.ndarray, y: np.ndarray, skipped:
 
 def test_evaluate_dsift_checkpoint_end_to_end(photo_tree: Path, crop_cache: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """A dense-SIFT checkpoint (small grid and vocabulary, to stay quick) trained on the tree's train split."""
-    from training.strategies.dsift import GridParams, load_dsift, train_dsift
-    from training.train import DSIFT_CONTRACT
+    from facediag.training.strategies.dsift import DSIFT_CONTRACT, GridParams, load_dsift, train_dsift
 
     yunet = str(fixture_path(YUNET))
     x_tr, y_tr, _ = _crops_of(photo_tree / "train", DSIFT_CONTRACT, crop_cache)
@@ -272,9 +271,9 @@ def _tiny_bundle(folder: Path) -> np.ndarray:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edge.bundle import create_bundle
-    from edge.face.contract import PreprocessContract
-    from edge.hashing import sha256_file
+    from facediag.edge.bundle import create_bundle
+    from facediag.edge.face.contract import PreprocessContract
+    from facediag.edge.hashing import sha256_file
 
     w = np.array([[0.08, -0.08], [0.0, 0.0], [-0.08, 0.08]], np.float32)  # R - B colour balance
     b = np.array([0.0, 1.0], np.float32)
@@ -304,7 +303,7 @@ def _tiny_bundle(folder: Path) -> np.ndarray:
 
 
 def test_evaluate_bundle_end_to_end(photo_tree: Path, crop_cache: Path, tmp_path: Path) -> None:
-    from edge.face.contract import PreprocessContract, crops_to_input
+    from facediag.edge.face.contract import PreprocessContract, crops_to_input
 
     yunet = str(fixture_path(YUNET))
     w, b = _tiny_bundle(tmp_path / "bundle")
@@ -335,8 +334,8 @@ def test_evaluate_deep_checkpoint_end_to_end(photo_tree: Path, crop_cache: Path,
     """DTL2 on MobileFaceNet (the small fixture backbone): the torch path of evaluate."""
     import torch
 
-    from edge.face.contract import crops_to_input
-    from training.checkpoint import load_classifier
+    from facediag.edge.face.contract import crops_to_input
+    from facediag.training.checkpoint import load_classifier
 
     yunet = str(fixture_path(YUNET))
     weights = str(fixture_path(MOBILEFACENET))
@@ -348,7 +347,7 @@ def test_evaluate_deep_checkpoint_end_to_end(photo_tree: Path, crop_cache: Path,
     assert _evaluate([str(ck), "--data", str(photo_tree), "--sensitivity", "0.8", "--detector", "yunet",
                       "--detector-model", yunet, "--cache", str(crop_cache), "--out", str(out)]) == 0
     net, meta = load_classifier(ck)
-    from edge.face.contract import PreprocessContract
+    from facediag.edge.face.contract import PreprocessContract
 
     contract = PreprocessContract.from_dict(meta["contract"])
     crops, y, skipped = _crops_of(photo_tree / "test", contract, crop_cache)
@@ -361,8 +360,8 @@ def test_evaluate_deep_checkpoint_end_to_end(photo_tree: Path, crop_cache: Path,
 def test_evaluate_errors(photo_tree: Path, tmp_path: Path) -> None:
     import argparse
 
-    from edge.errors import ConfigError, FacediagError, ModelFileError
     from facediag.commands import evaluate
+    from facediag.edge.errors import ConfigError, FacediagError, ModelFileError
 
     def ns(model: Path, **kw) -> argparse.Namespace:  # type: ignore[no-untyped-def]
         parser = argparse.ArgumentParser()
@@ -395,3 +394,46 @@ def test_evaluate_errors(photo_tree: Path, tmp_path: Path) -> None:
     args.data = no_test
     with pytest.raises(FacediagError, match="no images .* in split 'test'"):
         evaluate.run(args)
+
+
+def test_evaluation_module_called_directly_carves_val_and_never_tunes_on_test(
+    photo_tree: Path, crop_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The library behind the command: no argparse, photos from the photo-collection layer."""
+    from facediag.edge.errors import ConfigError
+    from facediag.edge.face.contract import PreprocessContract, crops_to_input
+    from facediag.edge.photos import read_labelled_folder
+    from facediag.training.crop_cache import CropCache, make_cropper
+    from facediag.training.data import carve_validation
+    from facediag.training.evaluation import EvaluationOptions, evaluate, load_model
+
+    w, b = _tiny_bundle(tmp_path / "bundle")
+    model = load_model(tmp_path / "bundle")
+    assert model.kind == "bundle" and model.classes == CLASSES
+    # Without a val split, thresholds are chosen on a seeded share carved out of train.
+    photos = [p for p in read_labelled_folder(photo_tree) if p.split != "val"]
+    cache = CropCache(crop_cache, make_cropper("yunet", fixture_path(YUNET), model.contract))
+    opts = EvaluationOptions(split="test", val_fraction=0.25, seed=3, sensitivity=0.8)
+    report = evaluate(model, photos, cache, opts, data_source={"folder": "somewhere"})
+    assert report["data"] == {"folder": "somewhere"}
+    sel = report["threshold_selection"]
+    assert sel["carved_from_train"] is True and sel["seed"] == 3 and sel["val_fraction"] == 0.25
+    carved = [p for p in carve_validation(photos, 0.25, 3) if p.split == "val"]
+    assert sel["n"] + sel["skipped"] == len(carved) == 10  # 25% of 20 train photos per class
+    # The evaluated figures are the test photos' own, through the same cache and contract.
+    crops, y, skipped = _crops_of(photo_tree / "test", model.contract, crop_cache)
+    z = crops_to_input(crops, model.contract).mean(axis=(2, 3)) @ w + b
+    assert report["metrics"]["n"] == len(y) and report["skipped"]["total"] == skipped
+    assert report["metrics"]["top1"] == pytest.approx(float(np.mean(z.argmax(1) == y)))
+
+    # Thresholds are never chosen on the evaluated split; evaluating val itself chooses none.
+    with pytest.raises(ConfigError, match="optimistic"):
+        evaluate(model, photos, cache, EvaluationOptions(split="test", val_split="test"))
+    with caplog.at_level("WARNING"):
+        on_val = evaluate(model, read_labelled_folder(photo_tree), cache, EvaluationOptions(split="val"))
+    assert on_val["thresholds"] == {} and on_val["threshold_selection"]["split"] is None
+    assert "no thresholds" in caplog.text
+    # A cropper made for another contract would measure crops the model never sees.
+    other = CropCache(None, make_cropper("yunet", fixture_path(YUNET), PreprocessContract("facenet_160x160")))
+    with pytest.raises(ConfigError, match="contract"):
+        evaluate(model, photos, other, opts)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.face.align import alignment_matrix, transform_points
-from edge.face.contract import PreprocessContract
-from edge.face.imageio import load_image
-from edge.face.pipeline import NO_FACE, FaceFrontEnd
-from edge.face.quality import QualityGates, assess, pose_from_landmarks
-from edge.face.subject import choose_subject
-from edge.face.types import Face
-from edge.face.yunet import YuNetDetector
+from facediag.edge.face.align import alignment_matrix, transform_points
+from facediag.edge.face.contract import PreprocessContract
+from facediag.edge.face.imageio import load_image
+from facediag.edge.face.pipeline import NO_FACE, FaceFrontEnd
+from facediag.edge.face.quality import QualityGates, assess, pose_from_landmarks
+from facediag.edge.face.subject import choose_subject
+from facediag.edge.face.types import Face
+from facediag.edge.face.yunet import YuNetDetector
 from tests.conftest import fixture_path
 
 ARCFACE = PreprocessContract("arcface_112x112")
@@ -146,8 +146,8 @@ def test_shrinking_to_the_gate_loses_no_face_the_gate_would_pass(yunet: YuNetDet
     """The station detects on a copy shrunk as far as min_face_px allows: same subjects, same places."""
     import cv2
 
-    from edge.face.pipeline import detect_scale
-    from edge.screening.session import iou
+    from facediag.edge.face.pipeline import detect_scale
+    from facediag.edge.screening.session import iou
 
     assert detect_scale((480, 640, 3), "yunet", 64.0, 640) == 0.5
     assert detect_scale((480, 640, 3), "yunet", None, 640) == 1.0
@@ -171,7 +171,7 @@ def test_shrinking_to_the_gate_loses_no_face_the_gate_would_pass(yunet: YuNetDet
 
 def test_photo_front_end_gives_tight_celeba_crops_context(yunet: YuNetDetector) -> None:
     """CelebA's 89x109 aligned faces: the photo front-end upscales and pads them, and finds every face."""
-    from edge.face.pipeline import PhotoFrontEnd
+    from facediag.edge.face.pipeline import PhotoFrontEnd
 
     fe = PhotoFrontEnd(yunet, ARCFACE)
     files = sorted(fixture_path("faces/celeba").glob("*.jpg"))[:60]

@@ -23,13 +23,13 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("tensorboard")
 pytest.importorskip("safetensors")
 
-from edge.errors import ModelFileError  # noqa: E402
-from edge.face.align import align_face  # noqa: E402
-from edge.face.contract import PreprocessContract, apply_scaling, crops_to_input  # noqa: E402
-from edge.hashing import sha256_file  # noqa: E402
+from facediag.edge.errors import ModelFileError  # noqa: E402
+from facediag.edge.face.align import align_face  # noqa: E402
+from facediag.edge.face.contract import PreprocessContract, apply_scaling, crops_to_input  # noqa: E402
+from facediag.edge.hashing import sha256_file  # noqa: E402
+from facediag.training.backbones import facenet  # noqa: E402
+from facediag.training.backbones.tf_graph import TFGraph, tensor_to_numpy  # noqa: E402
 from tests.conftest import fixture_path  # noqa: E402
-from training.backbones import facenet  # noqa: E402
-from training.backbones.tf_graph import TFGraph, tensor_to_numpy  # noqa: E402
 
 YUNET = "models/face_detection_yunet_2026may.onnx"
 WILD = "faces/wild"
@@ -91,7 +91,7 @@ def _opencv_embed(net: object, crops_bgr: list[np.ndarray]) -> np.ndarray:
 
 def _load_bgr(path: Path) -> np.ndarray:
     try:
-        from edge.face.imageio import load_image
+        from facediag.edge.face.imageio import load_image
     except ImportError:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         assert image is not None, f"cannot read {path}"
@@ -109,7 +109,7 @@ def _detect_landmarks(image: np.ndarray, model_path: Path) -> np.ndarray | None:
         else image
     )
     try:
-        from edge.face.yunet import YuNetDetector
+        from facediag.edge.face.yunet import YuNetDetector
     except ImportError:
         det = cv2.FaceDetectorYN.create(str(model_path), "", (small.shape[1], small.shape[0]), 0.7, 0.3, 50)
         _, rows = det.detect(small)
@@ -444,7 +444,7 @@ def test_weights_file_round_trip_and_strict_errors(model: facenet.InceptionResNe
 
 
 def test_registry_builds_facenet(cache_root: Path) -> None:
-    from training.backbones import available_pretrained, get_backbone
+    from facediag.training.backbones import available_pretrained, get_backbone
 
     assert available_pretrained("facenet")
     built = get_backbone("facenet")

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.errors import ConfigError
-from edge.face.align import align_face, invert_affine, similarity_transform, transform_points
-from edge.face.contract import TEMPLATES, PreprocessContract, apply_scaling, crops_to_input
-from edge.face.types import clip_box
+from facediag.edge.errors import ConfigError
+from facediag.edge.face.align import align_face, invert_affine, similarity_transform, transform_points
+from facediag.edge.face.contract import TEMPLATES, PreprocessContract, apply_scaling, crops_to_input
+from facediag.edge.face.types import clip_box
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
 template_names = st.sampled_from(sorted(TEMPLATES))

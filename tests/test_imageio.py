@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.errors import ImageLoadError
-from edge.face.imageio import load_image
+from facediag.edge.errors import ImageLoadError
+from facediag.edge.face.imageio import load_image
 from tests.conftest import fixture_path
 
 

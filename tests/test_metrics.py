@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from training import metrics as M
+from facediag.training import metrics as M
 
 # A 3-class example. Counted by hand, row = true class, column = predicted class:
 #   true 0: predicted 0, 1, 0      -> [2, 1, 0]

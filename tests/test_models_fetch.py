@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import ModelFileError
-from edge.models import KNOWN_MODELS, check_sha256, fetch_model
+from facediag.edge.errors import ModelFileError
+from facediag.edge.models import KNOWN_MODELS, check_sha256, fetch_model
 from tests.conftest import fixture_path
 
 

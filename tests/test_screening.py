@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.face.types import Face
-from edge.screening.decision import NO_FINDING, REFER, RETAKE, decide
-from edge.screening.session import SessionConfig, SessionTracker
+from facediag.edge.face.types import Face
+from facediag.edge.screening.decision import NO_FINDING, REFER, RETAKE, decide
+from facediag.edge.screening.session import SessionConfig, SessionTracker
 
 CLASSES = ["healthy", "pale_skin", "round_face"]
 LM = np.zeros((5, 2), np.float32)
@@ -44,7 +44,8 @@ def test_session_asks_for_inference_after_n_good_frames_and_gives_one_result_per
         assert tracker.step(t, _face(), CROP, []).ready is None
     ready = tracker.step(0.3, _face(), CROP, []).ready
     assert ready is not None and len(ready.crops) == 3
-    assert ready.quality_summary() == {"frames_seen": 4, "good_frames": 3, "rejected_frames": 1, "rejections": {"blurred": 1}}
+    summary = ready.quality_summary()
+    assert summary.to_json() == {"frames_seen": 4, "good_frames": 3, "rejected_frames": 1, "rejections": {"blurred": 1}}
     tracker.conclude(ready, decide([0.9, 0.05, 0.05], CLASSES, "healthy", {}), 0.3)
     # Same person stays: no second inference.
     assert all(tracker.step(0.4 + i / 10, _face(), CROP, []).ready is None for i in range(5))

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import load_config, parse_config, parse_config_text
-from edge.errors import ConfigError
-from edge.results import ResultsError, ResultsWriter, latest_results, read_results
-from edge.service.api import ApiHandlers, ApiServer, is_loopback, load_token
-from edge.service.sdnotify import Notifier, notify, watchdog_interval
+from facediag.edge.config import load_config, parse_config, parse_config_text
+from facediag.edge.errors import ConfigError
+from facediag.edge.results import ResultsError, ResultsWriter, latest_results, read_results
+from facediag.edge.service.api import ApiHandlers, ApiServer, is_loopback, load_token
+from facediag.edge.service.sdnotify import Notifier, notify, watchdog_interval
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "t0ken-" + "x" * 26
@@ -174,8 +174,8 @@ def _parse_metrics(text: str) -> dict[tuple[str, tuple], float]:
 
 def test_station_metrics_render_parseable_text():
     pytest.importorskip("prometheus_client")
-    from edge.capture.supervisor import CaptureStats
-    from edge.service.metrics import StationMetrics
+    from facediag.edge.capture.supervisor import CaptureStats
+    from facediag.edge.service.metrics import StationMetrics
 
     m = StationMetrics()
     m.fps.set(12.5)
@@ -216,7 +216,7 @@ def test_station_metrics_render_parseable_text():
 @pytest.fixture
 def api_parts(tmp_path):
     pytest.importorskip("prometheus_client")
-    from edge.service.metrics import StationMetrics
+    from facediag.edge.service.metrics import StationMetrics
 
     results = tmp_path / "results.jsonl"
     with ResultsWriter(results) as w:
@@ -355,7 +355,7 @@ def test_example_station_toml_is_valid():
 
 
 def test_defaults_match_the_session_defaults():
-    from edge.screening.session import SessionConfig
+    from facediag.edge.screening.session import SessionConfig
 
     assert parse_config({}).screening.to_session_config() == SessionConfig()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError, ModelFileError
+from facediag.edge.errors import ConfigError, ModelFileError
 from tests.conftest import fixture_path
 
 torch = pytest.importorskip("torch")
@@ -49,7 +49,7 @@ def yunet_model() -> Path:
 
 @pytest.fixture(scope="session")
 def backbone(mfn_weights):
-    from training.backbones import get_backbone
+    from facediag.training.backbones import get_backbone
 
     return get_backbone("mobilefacenet", weights=mfn_weights)
 
@@ -62,9 +62,9 @@ def crop_cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def genki(crop_cache_dir, yunet_model, backbone):
     """Aligned crops of a GENKI subset: {"train": SplitData, "val": SplitData, "test": SplitData}."""
-    from training.crop_cache import CropCache, make_cropper
-    from training.data import Sample, build_dataset
-    from training.strategies import SplitData
+    from facediag.training.crop_cache import CropCache, make_cropper
+    from facediag.training.data import Sample, build_dataset
+    from facediag.training.strategies import SplitData
 
     root = fixture_path("faces/genki4k")
     samples = []
@@ -84,7 +84,7 @@ def genki(crop_cache_dir, yunet_model, backbone):
 
 
 def _input(genki, backbone, **hp):
-    from training.strategies import StrategyInput
+    from facediag.training.strategies import StrategyInput
 
     return StrategyInput(
         classes=["0", "1"], contract=backbone.contract, train=genki["train"], val=genki["val"], seed=0,
@@ -93,14 +93,14 @@ def _input(genki, backbone, **hp):
 
 
 def _logits(model, split, contract) -> np.ndarray:
-    from training.strategies import batched
+    from facediag.training.strategies import batched
 
     return batched(model.logits, split.crops, contract, 64).astype(np.float64)
 
 
 @pytest.fixture(scope="session")
 def dtl2_result(genki, backbone):
-    from training.strategies.dtl2 import train_dtl2
+    from facediag.training.strategies.dtl2 import train_dtl2
 
     return train_dtl2(_input(genki, backbone))
 
@@ -121,9 +121,9 @@ def test_dtl2_learns_smiles_well_above_chance(dtl2_result, genki, backbone):
 
 def test_svm_folding_gives_identical_predictions(dtl2_result, genki, backbone):
     """Binary and multi-class: the folded nn.Linear decides exactly as the sklearn SVM, on unseen photos."""
-    from training.classifier import FaceClassifier
-    from training.strategies import batched
-    from training.strategies.dtl2 import _fit_svm, fold_into_head
+    from facediag.training.classifier import FaceClassifier
+    from facediag.training.strategies import batched
+    from facediag.training.strategies.dtl2 import _fit_svm, fold_into_head
 
     embed = dtl2_result.model.embed
     x_tr = batched(embed, genki["train"].crops, backbone.contract)
@@ -148,7 +148,7 @@ def test_svm_folding_gives_identical_predictions(dtl2_result, genki, backbone):
 
 
 def test_temperature_fitted_on_val_lowers_held_out_ece_and_nll(dtl2_result, genki, backbone):
-    from training.calibrate_probs import ece, fit_temperature, nll, softmax
+    from facediag.training.calibrate_probs import ece, fit_temperature, nll, softmax
 
     z_val = _logits(dtl2_result.model, genki["val"], backbone.contract)
     z_te = _logits(dtl2_result.model, genki["test"], backbone.contract)
@@ -166,7 +166,7 @@ def test_temperature_fitted_on_val_lowers_held_out_ece_and_nll(dtl2_result, genk
 
 
 def test_platt_folded_into_head_matches_sigmoid(dtl2_result, genki, backbone):
-    from training.calibrate_probs import fit_platt, fold_platt, softmax
+    from facediag.training.calibrate_probs import fit_platt, fold_platt, softmax
 
     z = _logits(dtl2_result.model, genki["val"], backbone.contract)
     a, b = fit_platt(z, genki["val"].labels)
@@ -177,7 +177,7 @@ def test_platt_folded_into_head_matches_sigmoid(dtl2_result, genki, backbone):
 
 
 def test_dtl1_fine_tuning_learns_smiles(genki, backbone):
-    from training.strategies.dtl1 import train_dtl1
+    from facediag.training.strategies.dtl1 import train_dtl1
 
     result = train_dtl1(_input(genki, backbone, epochs=40))
     z = _logits(result.model, genki["test"], backbone.contract)
@@ -190,14 +190,14 @@ def test_dtl1_fine_tuning_learns_smiles(genki, backbone):
 
 
 def test_dtl1_unfreeze_trains_only_the_last_blocks(genki, backbone):
-    from training.classifier import FaceClassifier, trailing_blocks
-    from training.strategies.dtl1 import DEFAULTS, fit_sgd
+    from facediag.training.classifier import FaceClassifier, trailing_blocks
+    from facediag.training.strategies.dtl1 import DEFAULTS, fit_sgd
 
     model = FaceClassifier(copy.deepcopy(backbone), 2)
     blocks = trailing_blocks(model.backbone)
     last_ids = {id(p) for p in blocks[-1].parameters()}
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    from training.strategies import SplitData
+    from facediag.training.strategies import SplitData
 
     small = _input(genki, backbone)
     small.train = SplitData(genki["train"].crops[::8], genki["train"].labels[::8])
@@ -216,9 +216,9 @@ def test_dtl1_unfreeze_trains_only_the_last_blocks(genki, backbone):
 def test_scratch_eval_mode_outputs_depend_on_the_photo(genki, backbone):
     """From random weights, batch-norm running averages lag the weights; after training they must be
     refreshed, or every photo gets the same probabilities in eval mode (a bug this test caught)."""
-    from training.backbones import get_backbone
-    from training.strategies import SplitData
-    from training.strategies.scratch import train_scratch
+    from facediag.training.backbones import get_backbone
+    from facediag.training.strategies import SplitData
+    from facediag.training.strategies.scratch import train_scratch
 
     inp = _input(genki, backbone, epochs=2, lr=1e-2)
     inp.make_backbone = lambda pretrained: get_backbone("mobilefacenet", pretrained=pretrained)
@@ -249,7 +249,7 @@ def small_folder(tmp_path_factory) -> Path:
 
 
 def _config(small_folder, out, crop_cache_dir, mfn_weights, yunet_model, **kw):
-    from training.train import TrainConfig
+    from facediag.training.train import TrainConfig
 
     return TrainConfig(
         out=out, backbone="mobilefacenet", weights=mfn_weights, data_dir=small_folder, cache=crop_cache_dir,
@@ -260,7 +260,7 @@ def _config(small_folder, out, crop_cache_dir, mfn_weights, yunet_model, **kw):
 def test_same_seed_same_numbers_and_weights(tmp_path, small_folder, crop_cache_dir, mfn_weights, yunet_model):
     from safetensors.torch import load_file
 
-    from training.train import run_training
+    from facediag.training.train import run_training
 
     outs = []
     for i in range(2):
@@ -279,7 +279,7 @@ def test_same_seed_same_numbers_and_weights(tmp_path, small_folder, crop_cache_d
 
 @pytest.fixture(scope="session")
 def dtl2_checkpoint(tmp_path_factory, small_folder, crop_cache_dir, mfn_weights, yunet_model):
-    from training.train import run_training
+    from facediag.training.train import run_training
 
     out = tmp_path_factory.mktemp("ckpt") / "mfn-dtl2"
     return run_training(_config(small_folder, out, crop_cache_dir, mfn_weights, yunet_model, strategy="dtl2"))
@@ -287,10 +287,10 @@ def dtl2_checkpoint(tmp_path_factory, small_folder, crop_cache_dir, mfn_weights,
 
 def test_checkpoint_is_self_contained_and_reproduces_metrics(dtl2_checkpoint, small_folder, crop_cache_dir,
                                                               yunet_model):
-    from edge.face.contract import PreprocessContract, crops_to_input
-    from training.checkpoint import load_classifier
-    from training.crop_cache import CropCache, make_cropper
-    from training.data import load_dataset
+    from facediag.edge.face.contract import PreprocessContract, crops_to_input
+    from facediag.training.checkpoint import load_classifier
+    from facediag.training.crop_cache import CropCache, make_cropper
+    from facediag.training.data import load_dataset
 
     out = dtl2_checkpoint.out_dir
     meta = json.loads((out / "checkpoint.json").read_text())
@@ -325,8 +325,8 @@ def test_checkpoint_of_other_backbone_or_missing_keys_is_a_clear_error(dtl2_chec
 
     from safetensors.torch import load_file, save_file
 
-    from training.backbones import backbone_contract
-    from training.checkpoint import load_classifier
+    from facediag.training.backbones import backbone_contract
+    from facediag.training.checkpoint import load_classifier
 
     src = dtl2_checkpoint.out_dir
     # 1. a tensor missing
@@ -370,20 +370,27 @@ def test_cli_train_prints_summary(tmp_path, small_folder, crop_cache_dir, mfn_we
 
 
 def test_missing_strategy_module_and_unknown_strategy_are_config_errors(tmp_path, small_folder, monkeypatch):
-    from training import strategies
-    from training.train import TrainConfig, run_training
+    from facediag.edge.registry import Registry
+    from facediag.training import strategies
+    from facediag.training.train import TrainConfig, run_training
 
-    monkeypatch.setitem(strategies.STRATEGIES, "dsift", ("training.strategies.no_such_module", "f", ""))
+    # an installation whose dsift module is missing: its entry is simply absent, and asking for it says so
+    partial = Registry("strategy", builtin_modules=("facediag.training.strategies.no_such_module",))
+    partial.register(strategies.STRATEGIES.get("dtl2"))
+    monkeypatch.setattr(strategies, "STRATEGIES", partial)
     cfg = TrainConfig(out=tmp_path / "x", strategy="dsift", data_dir=small_folder, progress=False)
-    with pytest.raises(ConfigError, match="not available"):
+    with pytest.raises(ConfigError, match="unknown strategy 'dsift'.*choose one of dtl2$"):
         run_training(cfg)
-    with pytest.raises(ConfigError, match="unknown strategy"):
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="unknown strategy 'svm'") as info:
         run_training(TrainConfig(out=tmp_path / "y", strategy="svm", data_dir=small_folder))
+    assert all(name in str(info.value) for name in ("dtl2", "dtl1", "scratch", "dsift"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_dsift_dispatch(tmp_path, small_folder, crop_cache_dir, yunet_model):
-    pytest.importorskip("training.strategies.dsift")
-    from training.train import TrainConfig, run_training
+    pytest.importorskip("facediag.training.strategies.dsift")
+    from facediag.training.train import TrainConfig, run_training
 
     out = run_training(TrainConfig(out=tmp_path / "dsift", strategy="dsift", data_dir=small_folder,
                                    cache=crop_cache_dir, detector_model=yunet_model, progress=False, seed=1))
@@ -402,7 +409,7 @@ def _csv(tmp_path: Path, rows: list[str]) -> Path:
 
 
 def test_csv_missing_file_and_unknown_split_name_the_row(tmp_path):
-    from training.data import DatasetError, read_csv
+    from facediag.training.data import DatasetError, read_csv
 
     images = fixture_path("faces/celeba")
     with pytest.raises(DatasetError, match=r"line 3: image nope\.jpg not found"):
@@ -414,7 +421,7 @@ def test_csv_missing_file_and_unknown_split_name_the_row(tmp_path):
 
 
 def test_proxy_csv_reads_and_binary_restricts():
-    from training.data import load_dataset
+    from facediag.training.data import load_dataset
 
     ds = load_dataset(csv_path=fixture_path("faces/celeba/proxy_dsf_split.csv"),
                       images_dir=fixture_path("faces/celeba"), keep_classes=["pale_skin", "healthy"], seed=0)
@@ -428,7 +435,7 @@ def test_proxy_csv_reads_and_binary_restricts():
 
 
 def test_class_with_one_image_is_an_error(tmp_path):
-    from training.data import DatasetError, load_dataset
+    from facediag.training.data import DatasetError, load_dataset
 
     src = _first(fixture_path("faces/genki4k/train_folder/0"), 4)
     for name, files in (("a", src[:3]), ("b", src[3:])):
@@ -440,7 +447,7 @@ def test_class_with_one_image_is_an_error(tmp_path):
 
 
 def test_validation_carve_is_stratified_and_seeded():
-    from training.data import Sample, carve_validation
+    from facediag.training.data import Sample, carve_validation
 
     samples = [Sample(Path(f"{c}{i}.jpg"), c, "train") for c in "ab" for i in range(10)]
     v1 = carve_validation(samples, 0.2, seed=5)
@@ -457,8 +464,8 @@ def test_validation_carve_is_stratified_and_seeded():
 def test_crop_cache_reuses_crops_and_skips_photos_without_faces(tmp_path, yunet_model, backbone):
     import cv2
 
-    from training.crop_cache import CropCache, FaceCropper
-    from training.crop_cache import make_cropper as mk
+    from facediag.training.crop_cache import CropCache, FaceCropper
+    from facediag.training.crop_cache import make_cropper as mk
 
     class Counting:
         def __init__(self, inner):

@@ -40,8 +40,8 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label expected calibration error (shared definition in training.metrics)."""
-    from training.metrics import expected_calibration_error
+    """Top-label expected calibration error (shared definition in facediag.training.metrics)."""
+    from facediag.training.metrics import expected_calibration_error
 
     return float(expected_calibration_error(np.asarray(labels), np.asarray(probs), n_bins=n_bins))
 

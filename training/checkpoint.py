@@ -6,26 +6,136 @@ never saw the original backbone weights file. ``checkpoint.json`` says how to
 rebuild the module (backbone name, class count, head options) and everything a
 later stage or a reader needs (classes, healthy class, preprocessing contract,
 strategy, hyperparameters, seed, package versions, metrics, temperature).
+
+``checkpoint.json`` is a typed record, :class:`CheckpointMeta`, validated on read
+like ``facediag.edge.bundle.Bundle``: a field of the wrong type, or a schema version
+this facediag does not know, is a ModelFileError that says what is wrong. Every file
+is written through ``facediag.edge.atomicio``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ModelFileError
+from facediag.edge.atomicio import atomic_write_bytes, atomic_writer
+from facediag.edge.errors import ConfigError, ModelFileError
+from facediag.edge.face.contract import PreprocessContract
 
 log = logging.getLogger(__name__)
 
 FORMAT = "facediag-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the schema version of checkpoint.json this code writes and reads
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
 REQUIRED_KEYS = ("backbone", "classes", "contract", "strategy", "temperature")
+
+
+def _fail(where: str, message: str) -> ModelFileError:
+    return ModelFileError(f"{where}: {message}; train the checkpoint again with `facediag train`")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """``checkpoint.json`` of a checkpoint folder (schema ``FORMAT_VERSION``), validated.
+
+    The named fields are the ones later stages rely on; everything else the writer
+    recorded (calibration, data, backbone weights, files, ...) is kept in ``extra``.
+    """
+
+    backbone: str
+    classes: tuple[str, ...]
+    contract: PreprocessContract
+    strategy: str
+    temperature: float
+    healthy_class: str | None = None
+    seed: int | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, float] | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = META_FILE) -> CheckpointMeta:
+        """Validate a parsed checkpoint.json; ModelFileError naming the field otherwise."""
+        if not isinstance(doc, dict):
+            raise _fail(where, f"expected a JSON object, got {type(doc).__name__}")
+        if doc.get("format") != FORMAT:
+            raise ModelFileError(f"{where}: format is {doc.get('format')!r}, expected {FORMAT!r}")
+        version = doc.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version != FORMAT_VERSION:
+            newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+            raise ModelFileError(
+                f"{where}: format_version {version!r}; this facediag reads version {FORMAT_VERSION}"
+                + ("; it was written by a newer facediag: upgrade facediag to read it" if newer else "")
+            )
+        missing = [k for k in REQUIRED_KEYS if k not in doc]
+        if missing:
+            raise ModelFileError(f"{where}: missing key(s) {', '.join(missing)}")
+        for key in ("backbone", "strategy"):
+            if not isinstance(doc[key], str) or not doc[key]:
+                raise _fail(where, f"field {key!r} must be a non-empty string, got {doc[key]!r}")
+        classes = doc["classes"]
+        if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
+            raise _fail(where, "field 'classes' must be a list of at least two class names")
+        if len(set(classes)) != len(classes):
+            raise _fail(where, "field 'classes' has duplicate names")
+        healthy = doc.get("healthy_class")
+        if healthy is not None and healthy not in classes:
+            raise _fail(where, f"field 'healthy_class' ({healthy!r}) is not one of the classes")
+        if not isinstance(doc["contract"], dict):
+            raise _fail(where, "field 'contract' must be an object")
+        try:
+            contract = PreprocessContract.from_dict(doc["contract"])
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise _fail(where, f"field 'contract' is invalid ({exc})") from None
+        if not _is_number(doc["temperature"]) or doc["temperature"] <= 0:
+            raise _fail(where, f"field 'temperature' must be a positive number, got {doc['temperature']!r}")
+        seed = doc.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise _fail(where, f"field 'seed' must be an integer, got {seed!r}")
+        tables = {k: doc.get(k) or {} for k in ("hyperparameters", "metrics", "versions", "head")}
+        for key, value in tables.items():
+            if not isinstance(value, dict):
+                raise _fail(where, f"field {key!r} must be an object, got {type(value).__name__}")
+        thresholds = doc.get("thresholds")
+        if thresholds is not None:
+            if not isinstance(thresholds, dict):
+                raise _fail(where, "field 'thresholds' must be an object (class -> probability) or null")
+            for name, value in thresholds.items():
+                if name not in classes or not _is_number(value) or not 0.0 <= value <= 1.0:
+                    raise _fail(where, f"threshold {name!r}: {value!r} must be a probability for one of the classes")
+        named = {"format", "format_version", *REQUIRED_KEYS, "healthy_class", "seed", "thresholds", *tables}
+        return cls(
+            backbone=doc["backbone"], classes=tuple(classes), contract=contract, strategy=doc["strategy"],
+            temperature=float(doc["temperature"]), healthy_class=healthy, seed=seed,
+            hyperparameters=tables["hyperparameters"], metrics=tables["metrics"],
+            thresholds=None if thresholds is None else {k: float(v) for k, v in thresholds.items()},
+            versions=tables["versions"], head=tables["head"], extra={k: v for k, v in doc.items() if k not in named},
+            format_version=version,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (the inverse of ``from_dict``)."""
+        return {
+            "format": FORMAT, "format_version": self.format_version, "backbone": self.backbone,
+            "classes": list(self.classes), "healthy_class": self.healthy_class, "contract": self.contract.to_dict(),
+            "strategy": self.strategy, "hyperparameters": self.hyperparameters, "seed": self.seed,
+            "versions": self.versions, "metrics": self.metrics, "temperature": self.temperature,
+            "thresholds": self.thresholds, "head": self.head, **self.extra,
+        }
 
 
 def package_versions() -> dict[str, str]:
@@ -34,7 +144,7 @@ def package_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     try:
-        from facediag import __version__
+        from facediag.edge.version import __version__
 
         out["facediag"] = __version__
     except ImportError:  # pragma: no cover
@@ -68,15 +178,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(out_dir: str | Path, model, meta: dict[str, Any]) -> Path:
+def save_checkpoint(out_dir: str | Path, model: Any, meta: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` + ``checkpoint.json`` into ``out_dir`` (created); returns the folder.
 
     ``meta`` needs at least backbone, classes, contract (dict), strategy; the
-    temperature is taken from the model. Files are written to temporary names
-    and renamed, so a crash never leaves a half-written checkpoint under the
-    final names.
+    temperature is taken from the model. Files are written atomically
+    (``facediag.edge.atomicio``), so a crash never leaves a half-written file
+    under the final names.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     missing = [k for k in ("backbone", "classes", "contract", "strategy") if k not in meta]
     if missing:
@@ -96,18 +206,28 @@ def save_checkpoint(out_dir: str | Path, model, meta: dict[str, Any]) -> Path:
         **full.get("head", {}),
     }
     full["state_dict_keys"] = len(state)
-    tmp_w = out / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    tmp_m = out / f".{META_FILE}.{os.getpid()}.tmp"
-    save_file(state, str(tmp_w), metadata={"format": FORMAT, "backbone": str(meta["backbone"])})
-    tmp_m.write_text(json.dumps(_jsonable(full), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp_w, out / WEIGHTS_FILE)
-    os.replace(tmp_m, out / META_FILE)
+    doc = _jsonable(full)
+    CheckpointMeta.from_dict(doc, f"the metadata for {out / META_FILE}")  # never write what read_meta would refuse
+    with atomic_writer(out / WEIGHTS_FILE) as fh:
+        fh.write(save(state, metadata={"format": FORMAT, "backbone": str(meta["backbone"])}))
+    atomic_write_bytes(out / META_FILE, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
     log.info("checkpoint written to %s", out)
     return out
 
 
+def read_checkpoint_meta(ckpt_dir: str | Path) -> CheckpointMeta:
+    """The typed, validated ``checkpoint.json`` of a checkpoint folder."""
+    return CheckpointMeta.from_dict(_read_meta_doc(ckpt_dir), str(Path(ckpt_dir) / META_FILE))
+
+
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
-    """``checkpoint.json`` of a checkpoint folder, checked for format and required keys."""
+    """``checkpoint.json`` of a checkpoint folder as a dict, validated like :func:`read_checkpoint_meta`."""
+    doc = _read_meta_doc(ckpt_dir)
+    CheckpointMeta.from_dict(doc, str(Path(ckpt_dir) / META_FILE))
+    return doc  # type: ignore[no-any-return]
+
+
+def _read_meta_doc(ckpt_dir: str | Path) -> Any:
     ckpt = Path(ckpt_dir)
     meta_path = ckpt / META_FILE
     if not ckpt.is_dir():
@@ -115,26 +235,15 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise ModelFileError(f"{ckpt}: no {META_FILE}; is this a folder written by `facediag train`?")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{meta_path}: format_version {meta.get('format_version')!r}; this facediag reads version {FORMAT_VERSION}"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise ModelFileError(f"{meta_path}: missing key(s) {', '.join(missing)}")
-    return meta
 
 
-def _build_module(meta: dict[str, Any], backbone_weights: str | Path | None):
+def _build_module(meta: dict[str, Any], backbone_weights: str | Path | None) -> Any:
     """An untrained module of the checkpoint's architecture."""
-    from edge.face.contract import PreprocessContract
-    from training.backbones import BACKBONES, get_backbone
-    from training.classifier import FaceClassifier
+    from facediag.training.backbones import BACKBONES, get_backbone
+    from facediag.training.classifier import FaceClassifier
 
     name = meta["backbone"]
     if name not in BACKBONES:
@@ -153,7 +262,7 @@ def _build_module(meta: dict[str, Any], backbone_weights: str | Path | None):
     return FaceClassifier(backbone, n, l2_normalize=bool(head.get("l2_normalize", True)))
 
 
-def load_classifier(ckpt_dir: str | Path, backbone_weights: str | Path | None = None):
+def load_classifier(ckpt_dir: str | Path, backbone_weights: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
     """(model in eval mode returning probabilities, meta) from a checkpoint folder.
 
     ``backbone_weights`` is not needed (the checkpoint carries every weight);
@@ -166,10 +275,13 @@ def load_classifier(ckpt_dir: str | Path, backbone_weights: str | Path | None = 
 
     ckpt = Path(ckpt_dir)
     meta = read_meta(ckpt)
-    if meta.get("strategy") == "dsift":
+    from facediag.training.strategies import STRATEGIES
+
+    if meta["strategy"] in STRATEGIES and not STRATEGIES.get(meta["strategy"]).torch_checkpoint:
+        spec = STRATEGIES.get(meta["strategy"])
         raise ModelFileError(
-            f"{ckpt} is a dense-SIFT checkpoint (numpy, not a neural network): "
-            "read it with training.strategies.dsift.load_dsift"
+            f"{ckpt} is a {spec.name} checkpoint ({spec.summary}), not a neural network: "
+            "read it with facediag.training.strategies.load_checkpoint"
         )
     weights_path = ckpt / WEIGHTS_FILE
     if not weights_path.is_file():

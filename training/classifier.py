@@ -21,6 +21,8 @@ from torch import nn
 class FaceClassifier(nn.Module):
     """backbone (N, D) embeddings -> optional L2 normalisation -> Linear(D, C) -> softmax(z / T)."""
 
+    temperature: torch.Tensor  # a registered buffer (saved with the weights)
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -34,10 +36,11 @@ class FaceClassifier(nn.Module):
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
         for attr in ("contract", "embedding_dim", "backbone_name"):
             if not hasattr(backbone, attr):
-                raise TypeError(f"backbone {type(backbone).__name__} has no .{attr}; use training.backbones.get_backbone")
+                raise TypeError(f"backbone {type(backbone).__name__} has no .{attr}; use facediag.training.backbones.get_backbone")
         self.backbone = backbone
         self.l2_normalize = bool(l2_normalize)
-        self.head = nn.Linear(int(backbone.embedding_dim), num_classes)
+        embedding_dim: int = backbone.embedding_dim  # type: ignore[assignment]  # checked just above
+        self.head = nn.Linear(int(embedding_dim), num_classes)
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
 
     @property

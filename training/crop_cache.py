@@ -1,6 +1,6 @@
 """Photos -> aligned crops through the face front-end, cached on disk so re-runs are fast.
 
-Training uses exactly the station's front-end (``edge.face.pipeline.FaceFrontEnd``)
+Training uses exactly the station's front-end (``facediag.edge.face.pipeline.FaceFrontEnd``)
 with the backbone's preprocessing contract, so the model sees at training time
 what it will see in a screening kiosk. Detection is the slow part, so each
 photo's result (its crop, or the reason it has none) is stored in an ``.npz``
@@ -9,13 +9,14 @@ policy below: change any of them and the crop is recomputed, rename or move the
 photo and it is not.
 
 Small, tightly cropped photos (CelebA's 89x109 aligned faces, GENKI's 64x64)
-are upscaled and padded before detection (``edge.face.pipeline.PhotoFrontEnd``).
+are upscaled and padded before detection (``facediag.edge.face.pipeline.PhotoFrontEnd``).
 Photos in which no face is found are skipped and counted, never fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -23,12 +24,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.errors import FacediagError
-from edge.face.contract import PreprocessContract
-from edge.hashing import sha256_file
+from facediag.edge.atomicio import atomic_write_bytes
+from facediag.edge.errors import FacediagError
+from facediag.edge.face.contract import PreprocessContract
+from facediag.edge.hashing import sha256_file
+from facediag.edge.photos import PhotoCropper
+
+if TYPE_CHECKING:
+    from facediag.edge.face.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -43,57 +50,64 @@ class CropSet:
 
     crops: np.ndarray  # (K, H, W, 3) uint8 BGR
     kept: list[int]
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
     skipped_items: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
 
 
-class FaceCropper:
-    """Runs the face front-end on photos with the small-image policy; knows its own cache key."""
+def cropper_key(cropper: PhotoCropper) -> str:
+    """Everything that changes a crop except the photo itself (the cache folder's name)."""
+    payload = {
+        "contract": cropper.contract.to_dict(),
+        "detector": cropper.detector_name,
+        "small": [v for _, v in sorted(cropper.policy().items())],
+        "version": CACHE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
-    def __init__(self, detector, contract: PreprocessContract) -> None:  # detector: edge.face.detector.Detector
-        from edge.face.pipeline import PhotoFrontEnd
 
-        self.detector = detector
-        self.contract = contract
-        self._front_end = PhotoFrontEnd(detector, contract)
+class FaceCropper(PhotoCropper):
+    """The photo-collection cropper (``facediag.edge.photos.PhotoCropper``) that always detects.
+
+    Kept under its training name and argument order; knows its own cache key.
+    """
+
+    def __init__(self, detector: Detector, contract: PreprocessContract) -> None:
+        super().__init__(contract, detector, aligned="no")
 
     @property
     def key(self) -> str:
-        """Everything that changes a crop except the photo itself."""
-        payload = {
-            "contract": self.contract.to_dict(),
-            "detector": getattr(self.detector, "name", type(self.detector).__name__),
-            "small": [v for _, v in sorted(self._front_end.policy().items())],
-            "version": CACHE_VERSION,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-    def crop(self, image_bgr: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
-        """(aligned crop or None, reasons)."""
-        result = self._front_end.process(image_bgr)
-        if result.crop is None:
-            return None, list(result.reasons) or ["no face found"]
-        return result.crop, []
+        return cropper_key(self)
 
 
 def make_cropper(detector_name: str | None, detector_model: str | Path | None, contract: PreprocessContract) -> FaceCropper:
     """Default detector: yunet when a model file is given, else mtcnn."""
-    from edge.face.detector import make_detector
+    from facediag.edge.face.detector import make_detector
 
     name = detector_name or ("yunet" if detector_model else "mtcnn")
     return FaceCropper(make_detector(name, detector_model), contract)
 
 
 def _load(path: Path) -> np.ndarray:
-    from edge.face.imageio import load_image
+    from facediag.edge.face.imageio import load_image
 
     return load_image(path)
 
 
-class CropCache:
-    """``root/<cropper key>/<sha[:2]>/<sha>.npz`` holding ``crop`` (or an empty array) and ``reasons``."""
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700: the cache holds photos of people's faces."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
 
-    def __init__(self, root: str | Path | None, cropper: FaceCropper) -> None:
+
+class CropCache:
+    """``root/<cropper key>/<sha[:2]>/<sha>.npz`` holding ``crop`` (or an empty array) and ``reasons``.
+
+    Private: the folders are 0700 and the files 0600 (face crops identify people). ``root=None``
+    turns the cache off (``--no-cache`` on the commands).
+    """
+
+    def __init__(self, root: str | Path | None, cropper: PhotoCropper) -> None:
         self.root = Path(root) if root is not None else None
         self.cropper = cropper
         self.hits = 0
@@ -102,7 +116,7 @@ class CropCache:
     def _entry(self, sha: str) -> Path | None:
         if self.root is None:
             return None
-        return self.root / self.cropper.key / sha[:2] / f"{sha}.npz"
+        return self.root / cropper_key(self.cropper) / sha[:2] / f"{sha}.npz"
 
     def get(self, path: Path) -> tuple[np.ndarray | None, list[str]]:
         try:
@@ -125,16 +139,19 @@ class CropCache:
         except FacediagError as exc:
             crop, reasons = None, [f"{UNREADABLE}: {exc}"]
         else:
-            crop, reasons = self.cropper.crop(image)
+            outcome = self.cropper.crop(image)
+            crop, reasons = outcome.crop, outcome.reasons
         if entry is not None:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(entry.name + f".{os.getpid()}.tmp.npz")
+            for folder in (self.root, entry.parent.parent, entry.parent):
+                assert folder is not None
+                _private_dir(folder)
+            buf = io.BytesIO()
             np.savez_compressed(
-                tmp,
+                buf,
                 crop=crop if crop is not None else np.zeros((0,), np.uint8),
                 reasons=np.array(reasons, dtype=str),
             )
-            os.replace(tmp, entry)
+            atomic_write_bytes(entry, buf.getvalue(), mode=0o600)
         return crop, reasons
 
     def crop_all(
@@ -151,7 +168,7 @@ class CropCache:
         c = self.cropper.contract
         crops: list[np.ndarray] = []
         kept: list[int] = []
-        skipped: Counter = Counter()
+        skipped: Counter[str] = Counter()
         items: list[tuple[str, str]] = []
         for i, p in enumerate(tqdm(paths, desc=desc, unit="photo", disable=not progress, leave=False)):
             crop, reasons = self.get(Path(p))

@@ -1,6 +1,7 @@
 """Labelled photos for training: read a folder tree or a split CSV, check it, split it.
 
-Two layouts are accepted:
+The photos are read by the photo-collection layer (``facediag.edge.photos``),
+which accepts two layouts:
 
 - a folder of class sub-folders (``DIR/<class>/*.jpg``), optionally one level
   deeper per split (``DIR/train/<class>/...``, ``DIR/val/...``, ``DIR/test/...``);
@@ -14,7 +15,6 @@ the photos they are judged on.
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -22,27 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError, FacediagError
+from facediag.edge.errors import ConfigError
+from facediag.edge.photos import (
+    SPLITS,
+    LabelledPhoto,
+    PhotoSetError,
+    read_labelled,
+    read_labelled_csv,
+    read_labelled_folder,
+)
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"}
 DEFAULT_VAL_FRACTION = 0.2
 
-
-class DatasetError(FacediagError):
-    """The training data is malformed (missing files, unknown split, too few images in a class)."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled photo. ``where`` says where it came from (CSV row or folder), for error messages."""
-
-    path: Path
-    label: str
-    split: str
-    where: str = ""
+# The photo-collection layer reads the sets; these names stay for the callers of this module.
+Sample = LabelledPhoto
+DatasetError = PhotoSetError
 
 
 @dataclass
@@ -70,75 +66,14 @@ class Dataset:
         return np.array([idx[s.label] for s in samples], dtype=np.int64)
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def read_folder(root: str | Path) -> list[Sample]:
     """Samples from ``root/<class>/*`` (all train) or ``root/<split>/<class>/*``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"--data {root}: not a folder; give a folder with one sub-folder per class")
-    subdirs = _class_dirs(root)
-    split_dirs = [d for d in subdirs if d.name in SPLITS]
-    samples: list[Sample] = []
-    if split_dirs:
-        others = [d.name for d in subdirs if d.name not in SPLITS]
-        if others:
-            raise DatasetError(
-                f"{root}: has split folders ({', '.join(d.name for d in split_dirs)}) and other folders "
-                f"({', '.join(others)}); use either <class>/ or <split>/<class>/ sub-folders, not both"
-            )
-        layout = [(d.name, d) for d in split_dirs]
-    else:
-        layout = [("train", root)]
-    for split, base in layout:
-        for cdir in _class_dirs(base):
-            for p in sorted(cdir.iterdir()):
-                if _is_image(p):
-                    samples.append(Sample(p, cdir.name, split, where=str(p)))
-    if not samples:
-        raise DatasetError(
-            f"{root}: no images found; expected {root}/<class>/<photo>.jpg (suffixes {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return samples
+    return read_labelled_folder(root)
 
 
 def read_csv(csv_path: str | Path, images_dir: str | Path) -> list[Sample]:
     """Samples from an ``image,label,split`` CSV; every problem names its row."""
-    csv_path, images_dir = Path(csv_path), Path(images_dir)
-    if not csv_path.is_file():
-        raise DatasetError(f"--csv {csv_path}: no such file")
-    if not images_dir.is_dir():
-        raise DatasetError(f"--images {images_dir}: not a folder")
-    samples: list[Sample] = []
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing_cols = {"image", "label"} - set(reader.fieldnames or [])
-        if missing_cols:
-            raise DatasetError(
-                f"{csv_path}: header must name the columns image,label[,split]; missing {', '.join(sorted(missing_cols))}"
-            )
-        for lineno, row in enumerate(reader, start=2):
-            where = f"{csv_path.name} line {lineno}"
-            image = (row.get("image") or "").strip()
-            label = (row.get("label") or "").strip()
-            split = (row.get("split") or "train").strip().lower()
-            if not image or not label:
-                raise DatasetError(f"{where}: empty image or label ({row})")
-            if split not in SPLITS:
-                raise DatasetError(f"{where}: unknown split {split!r} for {image}; use one of {', '.join(SPLITS)}")
-            path = images_dir / image
-            if not path.is_file():
-                raise DatasetError(f"{where}: image {image} not found under {images_dir}")
-            samples.append(Sample(path, label, split, where=where))
-    if not samples:
-        raise DatasetError(f"{csv_path}: no rows")
-    return samples
+    return read_labelled_csv(csv_path, images_dir)
 
 
 def restrict_to(samples: list[Sample], classes: list[str]) -> list[Sample]:
@@ -237,12 +172,5 @@ def load_dataset(
     seed: int = 0,
 ) -> Dataset:
     """Read ``--data DIR`` or ``--csv CSV --images DIR`` and build a checked dataset."""
-    if (data_dir is None) == (csv_path is None):
-        raise ConfigError("give either --data DIR or --csv CSV --images DIR")
-    if csv_path is not None:
-        if images_dir is None:
-            raise ConfigError("--csv needs --images DIR (the folder the CSV's image paths are relative to)")
-        samples = read_csv(csv_path, images_dir)
-    else:
-        samples = read_folder(data_dir)  # type: ignore[arg-type]
+    samples = read_labelled(folder=data_dir, csv_path=csv_path, images_dir=images_dir)
     return build_dataset(samples, keep_classes=keep_classes, healthy=healthy, val_fraction=val_fraction, seed=seed)

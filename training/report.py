@@ -1,25 +1,27 @@
 """The evaluation report: report.json, three PNG plots, and a text table for the terminal.
 
-Input is the dict from ``training.metrics.summarize`` plus whatever context the
+Input is the dict from ``facediag.training.metrics.summarize`` plus whatever context the
 caller adds (model id, split, skipped photos, thresholds). Plots use
 matplotlib's Agg backend, so they work on a headless workstation or CI.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from facediag.edge.atomicio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 PLOT_FILES = ("confusion_matrix.png", "roc.png", "reliability.png")
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -44,13 +46,17 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write strict JSON (no NaN) atomically: temp file, then rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(json_safe(data), fh, indent=2, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """Write strict JSON (no NaN, keys in the caller's order) atomically (``facediag.edge.atomicio``)."""
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure as PNG, written atomically, then closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_confusion_matrix(summary: dict[str, Any], path: Path) -> None:
@@ -76,8 +82,7 @@ def plot_confusion_matrix(summary: dict[str, Any], path: Path) -> None:
     ax.set_title(f"confusion matrix (top-1 {_pct(summary.get('top1')).strip()})")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_roc(summary: dict[str, Any], path: Path) -> None:
@@ -97,8 +102,7 @@ def plot_roc(summary: dict[str, Any], path: Path) -> None:
     ax.set_title("ROC, one class vs the rest")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_reliability(summary: dict[str, Any], path: Path) -> None:
@@ -126,8 +130,7 @@ def plot_reliability(summary: dict[str, Any], path: Path) -> None:
     ax_count.set_ylabel("samples")
     ax_count.set_xlim(0, 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _pct(v: float | None) -> str:

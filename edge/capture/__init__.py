@@ -2,7 +2,7 @@
 
 Typical use (the daemon)::
 
-    from edge.capture import CaptureSupervisor, LatestFrame, make_source
+    from facediag.edge.capture import CaptureSupervisor, LatestFrame, make_source
 
     box = LatestFrame()
     sup = CaptureSupervisor(make_source(cfg.source.uri, loop=cfg.source.loop, fps=cfg.source.fps), box).start()
@@ -10,22 +10,28 @@ Typical use (the daemon)::
     sup.stats().state                 # connecting | streaming | stalled | backoff | ended | stopped
     sup.stop()
 
-Source implementations are imported only when their URI kind is used.
+Each kind of source registers itself in ``SOURCES`` (``facediag.edge.capture.base``) from its own
+``*_source.py`` module; the modules are light, and a kind's heavy dependency (picamera2, GStreamer)
+is imported only when a source of that kind is opened.
 """
 
-from edge.capture.base import (
+from facediag.edge.capture.base import (
+    SOURCES,
     EndOfStream,
     FrameSource,
     SourceError,
+    SourceKind,
+    SourceOptions,
     SourceSpec,
     make_source,
     open_source,
     parse_source_uri,
 )
-from edge.capture.latest_frame import Frame, LatestFrame
-from edge.capture.supervisor import BackoffPolicy, CaptureStats, CaptureSupervisor
+from facediag.edge.capture.latest_frame import Frame, LatestFrame
+from facediag.edge.capture.supervisor import BackoffPolicy, CaptureStats, CaptureSupervisor
 
 __all__ = [
+    "SOURCES",
     "BackoffPolicy",
     "CaptureStats",
     "CaptureSupervisor",
@@ -34,6 +40,8 @@ __all__ = [
     "FrameSource",
     "LatestFrame",
     "SourceError",
+    "SourceKind",
+    "SourceOptions",
     "SourceSpec",
     "make_source",
     "open_source",

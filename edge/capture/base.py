@@ -1,11 +1,14 @@
-"""The frame-source seam: one Protocol, and one function that picks an implementation from a URI.
+"""The frame-source seam: one Protocol, a registry of source kinds, and one function that picks one from a URI.
 
 Every camera, stream, file or folder the station can read from looks the same to
 the rest of the daemon: ``open()``, then ``read()`` until it returns a frame or
-``None``, then ``close()``. The supervisor (``edge.capture.supervisor``) owns the
+``None``, then ``close()``. The supervisor (``facediag.edge.capture.supervisor``) owns the
 retry policy, so sources stay simple: they report failure, they never retry.
 
-Accepted URIs (``make_source`` / ``open_source``)::
+Each kind of source registers a :class:`SourceKind` in :data:`SOURCES` next to its
+implementation (``*_source.py`` in this package): its URI prefixes, how it claims a
+bare path, and a factory. ``parse_source_uri``, ``make_source``, the station config's
+``[source] uri`` check and the help text all read that registry. The built-in kinds::
 
     picamera2:0                     Raspberry Pi CSI camera number 0 (needs apt's python3-picamera2)
     v4l2:/dev/video0  /dev/video0   a V4L2 device through OpenCV (``v4l2:0`` means /dev/video0)
@@ -16,27 +19,30 @@ Accepted URIs (``make_source`` / ``open_source``)::
     folder:/dir?loop=1&fps=2        every image in a folder, sorted by name
     /dir                            the same, for an existing directory
 
-Query options (after ``?``) are ``loop`` and ``fps`` for every kind; keyword
-arguments given to ``make_source`` override them (the station config passes
-``[source] loop`` and ``fps`` that way).
+Query options (after ``?``) are ``loop``, ``fps``, ``width`` and ``height`` for every kind
+(each kind uses those that apply to it); keyword arguments given to ``make_source``
+override them (the station config passes ``[source] loop`` and ``fps`` that way).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 import numpy as np
 
-from edge.errors import ConfigError, FacediagError
+from facediag.edge.errors import ConfigError, FacediagError
+from facediag.edge.photos import IMAGE_SUFFIXES
+from facediag.edge.registry import Factory, Registry, load_factory
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mjpg", ".mpg", ".mpeg", ".ts"})
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"})
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the photo-collection layer's policy (facediag.edge.photos)
+QUERY_OPTIONS = ("loop", "fps", "width", "height")
 
 
 class SourceError(FacediagError):
@@ -82,14 +88,29 @@ class FrameSource(Protocol):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A parsed source URI: which implementation, what it points at, and its options."""
+    """A parsed source URI: which implementation (a registered kind), what it points at, and its options."""
 
-    kind: str  # picamera2 | v4l2 | gst | url | file | folder
+    kind: str  # a name in SOURCES: picamera2 | v4l2 | gst | url | file | folder | ...
     target: str
     options: dict[str, str] = field(default_factory=dict)
 
 
-def _split_query(value: str) -> tuple[str, dict[str, str]]:
+@dataclass(frozen=True)
+class SourceOptions:
+    """The checked options a source factory receives (query options, overridden by keyword arguments)."""
+
+    uri: str
+    loop: bool
+    fps: float | None
+    width: int | None
+    height: int | None
+
+
+class SourceFactory(Protocol):
+    def __call__(self, spec: SourceSpec, options: SourceOptions) -> FrameSource: ...
+
+
+def split_query(value: str) -> tuple[str, dict[str, str]]:
     """'path?loop=1&fps=5' -> ('path', {'loop': '1', 'fps': '5'}). A '?' inside a path is rare; allow it
     only when what follows looks like key=value pairs."""
     if "?" not in value:
@@ -101,51 +122,83 @@ def _split_query(value: str) -> tuple[str, dict[str, str]]:
     return head, dict(pairs)
 
 
-def parse_source_uri(uri: str) -> SourceSpec:
-    """Classify a source URI without touching any device (pure; tested directly).
+@dataclass(frozen=True)
+class SourceKind:
+    """A registered kind of frame source.
 
-    Raises ConfigError naming the URI and listing the accepted forms when it matches none.
+    ``prefixes``: lower-case URI prefixes that select it (``"v4l2:"``, ``"rtsp://"``); ``aliases``:
+    whole URIs that mean it (``"picamera2"``). ``parse(uri, rest)`` turns the text after the prefix
+    into ``(target, options)`` (default: :func:`split_query`) and raises ConfigError for a malformed
+    one. ``claims_bare(target)`` says whether a URI without a prefix is of this kind (an existing
+    folder, a video file name); kinds are asked in ``bare_priority`` order. ``factory`` builds the
+    unopened source from ``(SourceSpec, SourceOptions)``. ``examples`` appear in help and errors.
+    """
+
+    name: str
+    summary: str
+    factory: Factory
+    examples: tuple[str, ...]
+    prefixes: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    options: tuple[str, ...] = QUERY_OPTIONS
+    parse: Callable[[str, str], tuple[str, dict[str, str]]] | None = None
+    claims_bare: Callable[[str], bool] | None = None
+    bare_priority: int = 100
+    requires: str = ""  # what the host needs beyond the station extra, if anything
+
+    def __post_init__(self) -> None:
+        if not self.examples:
+            raise ValueError(f"source kind {self.name!r} needs at least one example URI")
+        if not self.prefixes and not self.aliases and self.claims_bare is None:
+            raise ValueError(f"source kind {self.name!r} can never be selected: give prefixes, aliases or claims_bare")
+        if any(p != p.lower() for p in self.prefixes):
+            raise ValueError(f"source kind {self.name!r}: prefixes must be lower case")
+        unknown = set(self.options) - set(QUERY_OPTIONS)
+        if unknown:
+            raise ValueError(f"source kind {self.name!r}: unknown options {sorted(unknown)}")
+
+
+SOURCES: Registry[SourceKind] = Registry(
+    "source kind",
+    builtin_modules=tuple(
+        f"facediag.edge.capture.{m}"
+        for m in ("picamera2_source", "v4l2_source", "gstreamer_source", "url_source", "video_file_source",
+                  "image_folder_source")
+    ),
+)
+
+
+def source_examples() -> list[str]:
+    """Example URIs of every registered kind (for help text and error messages)."""
+    return [e for kind in SOURCES.specs() for e in kind.examples]
+
+
+def parse_source_uri(uri: str) -> SourceSpec:
+    """Classify a source URI without touching any device (pure, but for a bare path's existence check).
+
+    Raises ConfigError naming the URI and listing the accepted forms when it matches no registered kind.
     """
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError("source.uri is empty; set it to e.g. 'v4l2:/dev/video0' or 'file:/path/clip.mp4'")
     uri = uri.strip()
     lower = uri.lower()
-    if lower.startswith("picamera2:") or lower == "picamera2":
-        target, opts = _split_query(uri.partition(":")[2] or "0")
-        return SourceSpec("picamera2", target or "0", opts)
-    if lower.startswith("v4l2:"):
-        target, opts = _split_query(uri[5:])
-        if target.isdigit():
-            target = f"/dev/video{target}"
-        return SourceSpec("v4l2", target, opts)
-    if lower.startswith("gst:"):
-        pipeline = uri[4:].strip()
-        if not pipeline:
-            raise ConfigError("source.uri 'gst:' has no pipeline after it; see systemd/station.toml for a Jetson example")
-        return SourceSpec("gst", pipeline, {})
-    if lower.startswith(("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")):
-        return SourceSpec("url", uri, {})
-    if lower.startswith("file:"):
-        rest = uri[5:]
-        if rest.startswith("//"):
-            rest = rest[2:]
-        target, opts = _split_query(rest)
-        return SourceSpec("file", target, opts)
-    if lower.startswith("folder:"):
-        target, opts = _split_query(uri[7:])
-        return SourceSpec("folder", target, opts)
-    target, opts = _split_query(uri)
-    if target.startswith("/dev/video"):
-        return SourceSpec("v4l2", target, opts)
-    path = Path(target)
-    if path.is_dir():
-        return SourceSpec("folder", target, opts)
-    if path.suffix.lower() in VIDEO_EXTENSIONS:
-        return SourceSpec("file", target, opts)
+    kinds = SOURCES.specs()
+    for kind in kinds:
+        rest = uri[len(kind.aliases[0]) :] if lower in kind.aliases else None
+        for prefix in kind.prefixes:
+            if rest is None and lower.startswith(prefix):
+                rest = uri[len(prefix) :]
+        if rest is not None:
+            target, opts = kind.parse(uri, rest) if kind.parse is not None else split_query(rest)
+            return SourceSpec(kind.name, target, opts)
+    target, opts = split_query(uri)
+    for kind in sorted((k for k in kinds if k.claims_bare is not None), key=lambda k: k.bare_priority):
+        if kind.claims_bare is not None and kind.claims_bare(target):
+            return SourceSpec(kind.name, target, opts)
+    forms = ", ".join(repr(e) for e in source_examples())
     raise ConfigError(
-        f"source.uri {uri!r} is not a source this station knows. Use one of: 'picamera2:0', "
-        "'v4l2:/dev/video0', 'gst:<pipeline> ! appsink', 'rtsp://...', 'http://...', "
-        "'file:/path/clip.mp4?loop=1', 'folder:/path/to/images' (or an existing folder / video path)"
+        f"source.uri {uri!r} is not a source this station knows. Use one of: {forms} "
+        "(or an existing folder / video path)"
     )
 
 
@@ -184,41 +237,18 @@ def make_source(uri: str, *, loop: bool | None = None, fps: float | None = None)
     spec = parse_source_uri(uri)
     opt_loop = _parse_bool("loop", spec.options.get("loop", "0")) if loop is None else bool(loop)
     opt_fps = _parse_fps(spec.options.get("fps")) if fps is None else _parse_fps(fps)
-    unknown = set(spec.options) - {"loop", "fps", "width", "height"}
+    unknown = set(spec.options) - set(QUERY_OPTIONS)
     if unknown:
-        raise ConfigError(f"source.uri {uri!r}: unknown option(s) {sorted(unknown)}; accepted: loop, fps, width, height")
+        raise ConfigError(
+            f"source.uri {uri!r}: unknown option(s) {sorted(unknown)}; accepted: {', '.join(QUERY_OPTIONS)}"
+        )
     try:
         width = int(spec.options["width"]) if "width" in spec.options else None
         height = int(spec.options["height"]) if "height" in spec.options else None
     except ValueError:
         raise ConfigError(f"source.uri {uri!r}: width and height must be whole numbers of pixels") from None
-    if spec.kind == "picamera2":
-        from edge.capture.picamera2_source import Picamera2Source
-
-        try:
-            camera_num = int(spec.target)
-        except ValueError:
-            raise ConfigError(f"source.uri {uri!r}: the camera number after 'picamera2:' must be an integer") from None
-        return Picamera2Source(camera_num, width=width, height=height, fps=opt_fps, uri=uri)
-    if spec.kind == "v4l2":
-        from edge.capture.v4l2_source import V4L2Source
-
-        return V4L2Source(spec.target, width=width, height=height, fps=opt_fps, uri=uri)
-    if spec.kind == "gst":
-        from edge.capture.gstreamer_source import GStreamerSource
-
-        return GStreamerSource(spec.target, uri=uri)
-    if spec.kind == "url":
-        from edge.capture.url_source import UrlSource
-
-        return UrlSource(spec.target, uri=uri)
-    if spec.kind == "file":
-        from edge.capture.video_file_source import VideoFileSource
-
-        return VideoFileSource(spec.target, loop=opt_loop, fps=opt_fps, uri=uri)
-    from edge.capture.image_folder_source import ImageFolderSource
-
-    return ImageFolderSource(spec.target, loop=opt_loop, fps=opt_fps, uri=uri)
+    factory: SourceFactory = load_factory(SOURCES.get(spec.kind).factory)
+    return factory(spec, SourceOptions(uri=uri, loop=opt_loop, fps=opt_fps, width=width, height=height))
 
 
 def open_source(uri: str, *, loop: bool | None = None, fps: float | None = None) -> FrameSource:
@@ -252,7 +282,8 @@ class Pacer:
     after a long pause the grid restarts instead of bursting to catch up.
     """
 
-    def __init__(self, fps: float | None, clock=None, sleep=None) -> None:
+    def __init__(self, fps: float | None, clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
         import time
 
         self.period = 1.0 / fps if fps else 0.0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
-from edge.capture.base import SourceError
-from edge.capture.opencv_capture import OpenCVCaptureSource, import_cv2
+from facediag.edge.capture.base import SOURCES, SourceError, SourceKind, SourceOptions, SourceSpec
+from facediag.edge.capture.opencv_capture import OpenCVCaptureSource, import_cv2
+from facediag.edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ _GST_LINE = re.compile(r"^\s*GStreamer\s*:\s*(\S+)", re.MULTILINE)
 def build_info_has_gstreamer(build_information: str) -> bool:
     """True when an OpenCV build-information text says ``GStreamer: YES (...)``."""
     match = _GST_LINE.search(build_information)
-    return bool(match) and match.group(1).upper().startswith("YES")
+    return match is not None and match.group(1).upper().startswith("YES")
 
 
 def opencv_has_gstreamer() -> bool:
@@ -68,7 +70,7 @@ class GStreamerSource(OpenCVCaptureSource):
             raise SourceError(f"{self.uri}: the pipeline must end in 'appsink' (e.g. '... ! appsink drop=1 max-buffers=1')")
         super().open()
 
-    def _create(self, cv2):
+    def _create(self, cv2: Any) -> Any:
         return cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
 
     def _open_failed_message(self) -> str:
@@ -78,3 +80,28 @@ class GStreamerSource(OpenCVCaptureSource):
 
     def describe(self) -> str:
         return f"gst {self.pipeline}"
+
+
+def _parse(uri: str, rest: str) -> tuple[str, dict[str, str]]:
+    pipeline = rest.strip()
+    if not pipeline:
+        raise ConfigError("source.uri 'gst:' has no pipeline after it; see systemd/station.toml for a Jetson example")
+    return pipeline, {}
+
+
+def _make(spec: SourceSpec, options: SourceOptions) -> GStreamerSource:
+    return GStreamerSource(spec.target, uri=options.uri)
+
+
+SOURCES.register(
+    SourceKind(
+        name="gst",
+        summary="a GStreamer pipeline ending in appsink (Jetson CSI cameras)",
+        factory=_make,
+        examples=("gst:<pipeline> ! appsink",),
+        prefixes=("gst:",),
+        options=(),
+        parse=_parse,
+        requires="OpenCV built with GStreamer (JetPack's python3-opencv)",
+    )
+)

@@ -8,17 +8,30 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.capture.base import IMAGE_EXTENSIONS, EndOfStream, Pacer, SourceError, as_bgr_uint8
+from facediag.edge.capture.base import (
+    IMAGE_EXTENSIONS,
+    SOURCES,
+    EndOfStream,
+    Pacer,
+    SourceError,
+    SourceKind,
+    SourceOptions,
+    SourceSpec,
+    as_bgr_uint8,
+)
+from facediag.edge.photos import list_images
 
 log = logging.getLogger(__name__)
 
 
 def _default_loader() -> Callable[[Path], np.ndarray]:
-    """edge.face.imageio.load_image (EXIF rotation, grey/RGBA/16-bit, size limits) when present, else cv2.imread."""
+    """facediag.edge.face.imageio.load_image (EXIF rotation, grey/RGBA/16-bit, size limits) when present, else cv2.imread."""
     try:
-        from edge.face.imageio import load_image
+        from functools import partial
 
-        return load_image
+        from facediag.edge.face.imageio import STATION_MAX_PIXELS, load_image
+
+        return partial(load_image, max_pixels=STATION_MAX_PIXELS)  # a station-sized pixel limit (issue 11)
     except ImportError:  # pragma: no cover - imageio ships with edge
         import cv2
 
@@ -39,7 +52,7 @@ class ImageFolderSource:
 
     def __init__(self, folder: str | Path, *, loop: bool = False, fps: float | None = None,
                  uri: str | None = None, loader: Callable[[Path], np.ndarray] | None = None,
-                 _clock=None, _sleep=None) -> None:
+                 _clock: Callable[[], float] | None = None, _sleep: Callable[[float], None] | None = None) -> None:
         self.uri = uri or f"folder:{folder}"
         self.folder = Path(folder)
         self.loop = loop
@@ -50,11 +63,13 @@ class ImageFolderSource:
         self._pacer = Pacer(self.fps, clock=_clock, sleep=_sleep)
         self._opened = False
         self.skipped: list[Path] = []
+        self._bad: set[Path] = set()
 
     def open(self) -> None:
         if not self.folder.is_dir():
             raise SourceError(f"{self.uri}: {self.folder} is not a folder; check [source] uri")
-        files = sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # the photo-collection policy: image suffixes in any case, no hidden files, no symlink leading out (issue 11)
+        files = list_images(self.folder, contained=True)
         if not files:
             raise SourceError(f"{self.uri}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {self.folder}")
         if self._loader is None:
@@ -79,10 +94,14 @@ class ImageFolderSource:
             self._index += 1
             attempts += 1
             try:
-                return as_bgr_uint8(self._loader(path), self.uri)
+                loader = self._loader
+                assert loader is not None  # set by open()
+                return as_bgr_uint8(loader(path), self.uri)
             except Exception as exc:  # noqa: BLE001 - one bad photo must not stop a replay
-                log.warning("%s: skipping %s: %s", self.uri, path.name, exc)
-                self.skipped.append(path)
+                if path not in self._bad:  # one warning per bad file, not one per loop (issue 11)
+                    self._bad.add(path)
+                    self.skipped.append(path)
+                    log.warning("%s: skipping %s (and on later loops, silently): %s", self.uri, path.name, exc)
         if self._index >= len(self._files) and not self.loop:
             raise EndOfStream(f"{self.uri}: all {len(self._files)} images read")
         raise SourceError(f"{self.uri}: none of the {len(self._files)} images in {self.folder} could be read")
@@ -93,3 +112,21 @@ class ImageFolderSource:
     def describe(self) -> str:
         pace = f"{self.fps:g} fps" if self.fps else "unthrottled"
         return f"folder {self.folder} ({len(self._files) or '?'} images, {pace}{', loop' if self.loop else ''})"
+
+
+def _make(spec: SourceSpec, options: SourceOptions) -> ImageFolderSource:
+    return ImageFolderSource(spec.target, loop=options.loop, fps=options.fps, uri=options.uri)
+
+
+SOURCES.register(
+    SourceKind(
+        name="folder",
+        summary="every image in a folder, sorted by name",
+        factory=_make,
+        examples=("folder:/path/to/images",),
+        prefixes=("folder:",),
+        options=("loop", "fps"),
+        claims_bare=lambda target: Path(target).is_dir(),
+        bare_priority=20,
+    )
+)

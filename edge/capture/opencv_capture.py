@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import numpy as np
 
-from edge.capture.base import SourceError, as_bgr_uint8
+from facediag.edge.capture.base import SourceError, as_bgr_uint8
 
 log = logging.getLogger(__name__)
 
 
-def import_cv2():
+def import_cv2() -> Any:
     """Import OpenCV or raise SourceError saying which package to install."""
     try:
         import cv2
@@ -35,17 +36,17 @@ class OpenCVCaptureSource:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self._cap = None
+        self._cap: Any = None
         self._lock = threading.Lock()
 
     # -- to override -------------------------------------------------------------------------
-    def _create(self, cv2):  # -> cv2.VideoCapture
+    def _create(self, cv2: Any) -> Any:  # -> cv2.VideoCapture
         raise NotImplementedError
 
     def _open_failed_message(self) -> str:
         return f"{self.uri}: OpenCV could not open this source"
 
-    def _configure(self, cv2, cap) -> None:
+    def _configure(self, cv2: Any, cap: Any) -> None:
         """Hook for properties set after opening (size, fps, buffer size)."""
 
     # -- FrameSource ---------------------------------------------------------------------------

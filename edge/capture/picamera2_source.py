@@ -12,19 +12,34 @@ likewise gives B, G, R, A (the 4th channel is dropped here).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
+from typing import Any
 
 import numpy as np
 
-from edge.capture.base import SourceError, as_bgr_uint8
+from facediag.edge.capture.base import (
+    SOURCES,
+    SourceError,
+    SourceKind,
+    SourceOptions,
+    SourceSpec,
+    as_bgr_uint8,
+    split_query,
+)
+from facediag.edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (1280, 720)
+# picamera2 >= 0.3.20 takes a number for capture_array's ``wait`` as a timeout in seconds and then raises
+# concurrent.futures.TimeoutError (the builtin TimeoutError from Python 3.11); without it a camera that
+# stops delivering frames blocks the capture thread for good. Older picamera2 treats the number as "wait".
+CAPTURE_TIMEOUT_S = 2.0
 
 
-def _import_picamera2():
+def _import_picamera2() -> Any:
     try:
         from picamera2 import Picamera2
     except ImportError as exc:
@@ -47,6 +62,7 @@ class Picamera2Source:
         self.camera_num = camera_num
         self.size = (width, height) if width and height else DEFAULT_SIZE
         self.fps = fps or None
+        self.capture_timeout_s = CAPTURE_TIMEOUT_S
         self._camera = None
 
     def open(self) -> None:
@@ -84,7 +100,10 @@ class Picamera2Source:
         if camera is None:
             raise SourceError(f"{self.uri}: read() before open()")
         try:
-            frame = camera.capture_array("main")
+            frame = camera.capture_array("main", wait=self.capture_timeout_s)
+        except (TimeoutError, concurrent.futures.TimeoutError) as exc:
+            # A stalled camera: the supervisor closes and reopens the source.
+            raise SourceError(f"{self.uri}: no frame within {self.capture_timeout_s:g} s (camera stalled)") from exc
         except Exception as exc:  # noqa: BLE001 - libcamera errors are RuntimeErrors of many kinds
             log.warning("%s: capture failed: %s", self.uri, exc)
             return None
@@ -108,3 +127,33 @@ class Picamera2Source:
     def describe(self) -> str:
         rate = f" @{self.fps:g}fps" if self.fps else ""
         return f"picamera2 camera {self.camera_num} {self.size[0]}x{self.size[1]}{rate}"
+
+
+def _parse(uri: str, rest: str) -> tuple[str, dict[str, str]]:
+    target, opts = split_query(rest or "0")
+    return target or "0", opts
+
+
+def _make(spec: SourceSpec, options: SourceOptions) -> Picamera2Source:
+    try:
+        camera_num = int(spec.target)
+    except ValueError:
+        raise ConfigError(
+            f"source.uri {options.uri!r}: the camera number after 'picamera2:' must be an integer"
+        ) from None
+    return Picamera2Source(camera_num, width=options.width, height=options.height, fps=options.fps, uri=options.uri)
+
+
+SOURCES.register(
+    SourceKind(
+        name="picamera2",
+        summary="Raspberry Pi CSI camera by number (picamera2:0)",
+        factory=_make,
+        examples=("picamera2:0",),
+        prefixes=("picamera2:",),
+        aliases=("picamera2",),
+        options=("fps", "width", "height"),
+        parse=_parse,
+        requires="apt's python3-picamera2 in a venv made with --system-site-packages",
+    )
+)

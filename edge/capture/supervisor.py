@@ -24,9 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from edge.capture.base import EndOfStream, FrameSource, SourceError
-from edge.capture.latest_frame import LatestFrame
+from facediag.edge.capture.base import EndOfStream, FrameSource, SourceError
+from facediag.edge.capture.latest_frame import LatestFrame
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class CaptureStats:
     last_error: str | None
     next_attempt_in_s: float | None  # while in backoff
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

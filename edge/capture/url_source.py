@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
-from edge.capture.opencv_capture import OpenCVCaptureSource
+from facediag.edge.capture.base import SOURCES, SourceKind, SourceOptions, SourceSpec
+from facediag.edge.capture.opencv_capture import OpenCVCaptureSource
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class UrlSource(OpenCVCaptureSource):
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
 
-    def _create(self, cv2):
+    def _create(self, cv2: Any) -> Any:
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000),
@@ -44,8 +46,25 @@ class UrlSource(OpenCVCaptureSource):
         return (f"{redact(self.url)}: could not connect (refused, unreachable, or no decodable video within {self.open_timeout_s:g} s); "
                 "check that the camera/server is up and the URL plays in `ffplay` or VLC")
 
-    def _configure(self, cv2, cap) -> None:
+    def _configure(self, cv2: Any, cap: Any) -> None:
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
 
     def describe(self) -> str:
         return f"url {redact(self.url)}"
+
+
+def _make(spec: SourceSpec, options: SourceOptions) -> UrlSource:
+    return UrlSource(spec.target, uri=options.uri)
+
+
+SOURCES.register(
+    SourceKind(
+        name="url",
+        summary="a network stream through OpenCV's FFmpeg backend (RTSP, MJPEG over HTTP)",
+        factory=_make,
+        examples=("rtsp://...", "http://..."),
+        prefixes=("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://"),
+        options=(),
+        parse=lambda uri, rest: (uri, {}),  # the whole URL is the target; its query belongs to the server
+    )
+)

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edge.capture.base import EndOfStream, Pacer, SourceError
-from edge.capture.opencv_capture import OpenCVCaptureSource, import_cv2
+from facediag.edge.capture.base import (
+    SOURCES,
+    VIDEO_EXTENSIONS,
+    EndOfStream,
+    Pacer,
+    SourceError,
+    SourceKind,
+    SourceOptions,
+    SourceSpec,
+    split_query,
+)
+from facediag.edge.capture.opencv_capture import OpenCVCaptureSource, import_cv2
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +37,8 @@ class VideoFileSource(OpenCVCaptureSource):
     kind = "file"
 
     def __init__(self, path: str | Path, *, loop: bool = False, fps: float | None = None,
-                 uri: str | None = None, _clock=None, _sleep=None) -> None:
+                 uri: str | None = None, _clock: Callable[[], float] | None = None,
+                 _sleep: Callable[[float], None] | None = None) -> None:
         super().__init__(uri or f"file:{path}")
         self.path = Path(path)
         self.loop = loop
@@ -36,7 +49,7 @@ class VideoFileSource(OpenCVCaptureSource):
         self._since_rewind = 0
         self.loops_completed = 0
 
-    def _create(self, cv2):
+    def _create(self, cv2: Any) -> Any:
         if not self.path.is_file():
             raise SourceError(f"{self.uri}: {self.path} does not exist or is not a file; check [source] uri")
         return cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
@@ -45,7 +58,7 @@ class VideoFileSource(OpenCVCaptureSource):
         return (f"{self.uri}: OpenCV could not decode {self.path} (unsupported codec or corrupt file); "
                 "re-encode it, e.g. `ffmpeg -i in -c:v mjpeg out.avi`")
 
-    def _configure(self, cv2, cap) -> None:
+    def _configure(self, cv2: Any, cap: Any) -> None:
         rate = cap.get(cv2.CAP_PROP_FPS)
         self.file_fps = rate if rate and math.isfinite(rate) and 0 < rate <= 1000 else None
         self._pacer = Pacer(self.effective_fps, clock=self._clock, sleep=self._sleep)
@@ -84,3 +97,26 @@ class VideoFileSource(OpenCVCaptureSource):
         rate = self.effective_fps
         pace = f"{rate:g} fps" if rate else "unthrottled"
         return f"file {self.path} ({pace}{', loop' if self.loop else ''})"
+
+
+def _parse(uri: str, rest: str) -> tuple[str, dict[str, str]]:
+    return split_query(rest[2:] if rest.startswith("//") else rest)
+
+
+def _make(spec: SourceSpec, options: SourceOptions) -> VideoFileSource:
+    return VideoFileSource(spec.target, loop=options.loop, fps=options.fps, uri=options.uri)
+
+
+SOURCES.register(
+    SourceKind(
+        name="file",
+        summary="a video file, replayed at its own rate (fps=0: as fast as possible; loop=1: forever)",
+        factory=_make,
+        examples=("file:/path/clip.mp4?loop=1",),
+        prefixes=("file:",),
+        options=("loop", "fps"),
+        parse=_parse,
+        claims_bare=lambda target: Path(target).suffix.lower() in VIDEO_EXTENSIONS,
+        bare_priority=30,
+    )
+)

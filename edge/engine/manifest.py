@@ -18,33 +18,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.atomicio import atomic_write_json
-from edge.errors import ConfigError, ModelFileError
+from facediag.edge import precision as precision_table
+from facediag.edge.atomicio import atomic_write_json
+from facediag.edge.errors import ConfigError, ModelFileError
 
 MANIFEST_FORMAT = "facediag-engine-manifest"
 MANIFEST_VERSION = 1
 
-# TensorRT precisions a station can build, named by the bundle precision they run,
-# and the short names the command line accepts for them.
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8-tensorrt")
-_PRECISION_ALIASES = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-tensorrt", "int8-tensorrt": "int8-tensorrt"}
-_SHORT_NAME = {"fp32": "fp32", "fp16": "fp16", "int8-tensorrt": "int8"}
+# TensorRT precisions a station can build, named by the bundle precision they run (the precision table).
+ENGINE_PRECISIONS = precision_table.engine_precisions()
 
 
 def normalize_precision(name: str) -> str:
     """``fp32`` / ``fp16`` / ``int8`` (or ``int8-tensorrt``) -> the bundle precision an engine runs."""
-    key = _PRECISION_ALIASES.get(str(name).strip().lower())
-    if key is None:
-        raise ConfigError(
-            f"unknown engine precision {name!r}: choose fp32, fp16 or int8 (int8 builds the bundle's "
-            "int8-tensorrt Q/DQ model; the int8-cpu model is for ONNX Runtime only)"
-        )
-    return key
+    return precision_table.from_engine_name(name)
 
 
 def short_precision(precision: str) -> str:
     """The name to type on the command line for an engine precision (``int8-tensorrt`` -> ``int8``)."""
-    return _SHORT_NAME.get(precision, precision)
+    return precision_table.short_name(precision)
 
 
 def source_precision(precision: str, legacy_calibrator: bool = False) -> str:
@@ -55,15 +47,15 @@ def source_precision(precision: str, legacy_calibrator: bool = False) -> str:
     """
     precision = normalize_precision(precision)
     if legacy_calibrator:
-        if precision != "int8-tensorrt":
+        if precision != precision_table.for_quantize_target("tensorrt"):
             raise ConfigError("--legacy-calibrator only applies to --precision int8")
-        return "fp32"
+        return precision_table.REFERENCE
     return precision
 
 
 def engine_file_name(precision: str) -> str:
     """``model.<short precision>.engine``: one engine per precision per bundle folder."""
-    return f"model.{short_precision(normalize_precision(precision))}.engine"
+    return precision_table.engine_file(precision)
 
 
 def manifest_path_for(engine_path: str | Path) -> Path:

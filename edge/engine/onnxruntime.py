@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError, ModelFileError
+from facediag.edge.errors import ConfigError, ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class OrtEngine:
     ) -> None:
         import onnxruntime as ort
 
+        from facediag.edge.privacy import silence_onnxruntime
+
+        silence_onnxruntime(ort)  # ORT_DISABLE_TELEMETRY=1 was set on import of facediag.edge
         path = Path(onnx_path)
         if not path.is_file():
             raise ModelFileError(f"ONNX model {path} does not exist: check the bundle path or re-export the bundle")

@@ -34,14 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.bundle import Bundle
-from edge.errors import ConfigError, FacediagError, ModelFileError
+from facediag.edge import precision as precision_table
+from facediag.edge.bundle import Bundle
+from facediag.edge.engine.backends import backend_names, get_backend, ort_providers
+from facediag.edge.engine.base import Engine
+from facediag.edge.errors import ConfigError, FacediagError, ModelFileError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
-TENSORRT_PRECISIONS = ("int8-tensorrt", "fp16", "fp32")  # preference order for precision "auto"
-ORT_PRECISIONS = ("fp32", "fp16", "int8-cpu")
+__all__ = ["EnginePlan", "engine_is_current", "open_engine", "ort_providers", "plan_engine", "select_engine"]
+
+# Kept for readers of the old names; the engine-backend registry and the precision table are the truth.
+BACKENDS = backend_names()
+TENSORRT_PRECISIONS = precision_table.auto_order(precision_table.TENSORRT)  # preference order for "auto"
+ORT_PRECISIONS = precision_table.for_runtime(precision_table.ONNXRUNTIME)
 
 
 @dataclass(frozen=True)
@@ -55,30 +61,29 @@ class EnginePlan:
     expected_onnx_sha256: str | None = None  # TensorRT: the bundle's hash of the model the engine came from
 
 
-DeviceProbe = Callable[[], Any]  # -> edge.engine.manifest.DeviceInfo; raises when TensorRT/CUDA is unusable
+DeviceProbe = Callable[[], Any]  # -> facediag.edge.engine.manifest.DeviceInfo; raises when TensorRT/CUDA is unusable
 
 
 def probe_tensorrt_device() -> Any:
-    """This machine's TensorRT version and GPU (imports tensorrt and pycuda; ConfigError when absent)."""
-    from edge.engine.tensorrt import import_pycuda, import_tensorrt, probe_device
+    """This machine's TensorRT version and GPU (imports tensorrt and pycuda). TensorRTUnavailable (a
+    ConfigError) when either is absent or CUDA cannot start: tensorrt.py knows which exceptions mean that
+    (pycuda's own ``pycuda.driver.Error`` classes, TensorRT's TypeError from ``Runtime()``)."""
+    from facediag.edge.engine.tensorrt import probe_this_device
 
-    trt = import_tensorrt()
-    cuda = import_pycuda()
-    return probe_device(trt, cuda)
+    return probe_this_device()
 
 
 def _tensorrt_candidates(bundle: Bundle, precision: str) -> list[str]:
-    if precision == "auto":
-        return list(TENSORRT_PRECISIONS)
-    if precision == "int8-cpu":
-        raise ConfigError("engine.precision 'int8-cpu' is an ONNX Runtime model; use 'int8-tensorrt' with tensorrt")
+    if precision == precision_table.AUTO:
+        return list(precision_table.auto_order(precision_table.TENSORRT))
+    precision_table.check_runtime(precision, precision_table.TENSORRT)
     return [precision]
 
 
 def _built_engine(bundle: Bundle, precision: str, device: Any) -> tuple[Any, str, str]:
     """(manifest, expected model sha256, "") when this precision's engine exists and was built for this
     device and bundle, else (None, "", why not). Verification is not looked at here."""
-    from edge.engine.manifest import (
+    from facediag.edge.engine.manifest import (
         EngineManifest,
         compare_manifest,
         engine_file_name,
@@ -112,7 +117,7 @@ def engine_is_current(bundle: Bundle, precision: str, device: Any) -> bool:
 
 def _check_tensorrt(bundle: Bundle, precision: str, device: Any) -> tuple[EnginePlan | None, str]:
     """(plan, "") when this precision's engine is usable here, else (None, why not)."""
-    from edge.engine.manifest import engine_file_name, short_precision
+    from facediag.edge.engine.manifest import engine_file_name, short_precision
 
     manifest, expected, why = _built_engine(bundle, precision, device)
     if manifest is None:
@@ -134,9 +139,8 @@ def _check_tensorrt(bundle: Bundle, precision: str, device: Any) -> tuple[Engine
 
 
 def _ort_plan(bundle: Bundle, precision: str, why: str) -> EnginePlan:
-    chosen = "fp32" if precision == "auto" else precision
-    if chosen == "int8-tensorrt":
-        raise ConfigError("engine.precision 'int8-tensorrt' runs on TensorRT only; use 'int8-cpu' with onnxruntime")
+    chosen = precision_table.auto_order(precision_table.ONNXRUNTIME)[0] if precision == precision_table.AUTO else precision
+    precision_table.check_runtime(chosen, precision_table.ONNXRUNTIME)
     if chosen not in bundle.precisions:
         have = ", ".join(sorted(bundle.precisions))
         raise ConfigError(
@@ -159,16 +163,15 @@ def plan_engine(
     it is only called when a TensorRT engine file exists, so CPU-only stations never import
     TensorRT. ConfigError when the request cannot be met.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"engine.backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    get_backend(backend).check_precision(precision)
     probe = device_probe or probe_tensorrt_device
-    if backend == "onnxruntime":
+    if backend == precision_table.ONNXRUNTIME:
         return _ort_plan(bundle, precision, "engine.backend = onnxruntime")
 
-    from edge.engine.manifest import engine_file_name
+    from facediag.edge.engine.manifest import engine_file_name
 
-    if precision == "int8-cpu" and backend == "auto":
-        return _ort_plan(bundle, precision, "engine.precision = int8-cpu is an ONNX Runtime model")
+    if precision != precision_table.AUTO and not precision_table.get(precision).runs_on(precision_table.TENSORRT):
+        return _ort_plan(bundle, precision, f"engine.precision = {precision} is an ONNX Runtime model")
     candidates = _tensorrt_candidates(bundle, precision)
     present = [p for p in candidates if (bundle.path / engine_file_name(p)).is_file()]
     reasons: list[str] = []
@@ -187,7 +190,7 @@ def plan_engine(
                     return plan
                 reasons.append(why)
     why = "; ".join(reasons)
-    if backend == "tensorrt":
+    if backend == precision_table.TENSORRT:
         raise ConfigError(
             f"engine.backend = tensorrt, but no usable TensorRT engine for precision {precision!r}: {why}. "
             "Build and verify one on this device (`facediag build`, `facediag verify`) or set engine.backend = auto"
@@ -195,23 +198,12 @@ def plan_engine(
     return _ort_plan(bundle, precision, f"ONNX Runtime on the CPU: {why}")
 
 
-def ort_providers(configured: Sequence[str]) -> tuple[str, ...]:
-    """Providers for ONNX Runtime: the configured list, or the CPU provider when it is empty."""
-    return tuple(configured) if configured else ("CPUExecutionProvider",)
-
-
-def open_engine(plan: EnginePlan, *, threads: int | None = None, providers: Sequence[str] = ()) -> Any:
-    """Load the engine a plan names (an ``edge.engine.base.Engine``)."""
-    if plan.backend == "tensorrt":
-        from edge.engine.tensorrt import TensorRTEngine
-
-        return TensorRTEngine(
-            plan.path, expected_onnx_sha256=plan.expected_onnx_sha256 or "", precision=plan.precision,
-            bundle_hint=str(plan.path.parent),
-        )
-    from edge.engine.onnxruntime import OrtEngine
-
-    return OrtEngine(plan.path, providers=ort_providers(providers), threads=threads, precision=plan.precision)
+def open_engine(plan: EnginePlan, *, threads: int | None = None, providers: Sequence[str] = ()) -> Engine:
+    """Load the engine a plan names, with the opener its backend registered."""
+    spec = get_backend(plan.backend)
+    if spec.open is None:
+        raise ConfigError(f"engine backend {plan.backend!r} chooses another backend and opens nothing itself")
+    return spec.open(plan, threads, providers)
 
 
 def select_engine(
@@ -222,7 +214,7 @@ def select_engine(
     threads: int | None = None,
     providers: Sequence[str] = (),
     device_probe: DeviceProbe | None = None,
-) -> tuple[Any, EnginePlan]:
+) -> tuple[Engine, EnginePlan]:
     """Plan and open the engine; logs which backend runs and why. Returns (engine, plan)."""
     plan = plan_engine(bundle, backend, precision, device_probe=device_probe)
     log.info("engine: %s %s (%s): %s", plan.backend, plan.precision, plan.path.name, plan.reason)

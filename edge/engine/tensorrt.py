@@ -22,12 +22,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from edge.engine.manifest import (
+from facediag.edge.engine.manifest import (
     DeviceInfo,
     EngineManifest,
     compare_manifest,
@@ -37,10 +36,28 @@ from edge.engine.manifest import (
     rebuild_hint,
     source_precision,
 )
-from edge.errors import ConfigError, ModelFileError
-from edge.hashing import sha256_bytes
+from facediag.edge.engine.trt_device import (
+    TensorRTUnavailable,
+    create_builder,
+    create_runtime,
+    cuda_errors,
+    import_pycuda,
+    import_tensorrt,
+    init_cuda,
+    probe_device,
+    probe_this_device,
+)
+from facediag.edge.errors import ModelFileError
+from facediag.edge.hashing import sha256_bytes
 
 log = logging.getLogger(__name__)
+
+# The device-probe helpers live in trt_device.py and are re-exported from here.
+__all__ = [
+    "BufferPlan", "TensorRTEngine", "TensorRTUnavailable", "TensorSpec", "create_builder", "create_runtime",
+    "cuda_errors", "device_from_mapping", "import_pycuda", "import_tensorrt", "init_cuda", "numpy_dtype",
+    "open_bundle_engine", "plan_buffers", "probe_device", "probe_this_device", "split_batch",
+]
 
 # TensorRT DataType member name -> numpy dtype (types a classifier's IO can have).
 _TRT_TO_NUMPY: dict[str, str] = {
@@ -123,48 +140,6 @@ def split_batch(n: int, max_batch: int) -> list[tuple[int, int]]:
     return [(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]
 
 
-# --------------------------------------------------------------------------- imports and device probe
-
-
-def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ConfigError(
-            "backend tensorrt needs TensorRT's Python module, which is not installed here. On a Jetson it comes "
-            "with JetPack (use a venv made with --system-site-packages). Otherwise set the engine backend to "
-            "onnxruntime"
-        ) from exc
-    return trt
-
-
-def import_pycuda() -> ModuleType:
-    try:
-        import pycuda.driver as cuda  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ConfigError(
-            "backend tensorrt needs pycuda (pip install 'facediag[jetson]' on a machine with the CUDA toolkit), "
-            "or set the engine backend to onnxruntime"
-        ) from exc
-    cuda.init()
-    return cuda
-
-
-def probe_device(trt: Any, cuda: Any, device_index: int = 0) -> DeviceInfo:
-    """TensorRT version, GPU name, compute capability and DLA cores of this machine."""
-    if int(cuda.Device.count()) <= device_index:
-        raise ConfigError(f"no CUDA GPU number {device_index} on this machine (CUDA sees {cuda.Device.count()})")
-    device = cuda.Device(device_index)
-    major, minor = device.compute_capability()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    return DeviceInfo(
-        tensorrt_version=str(trt.__version__),
-        gpu_name=str(device.name()),
-        compute_capability=(int(major), int(minor)),
-        num_dla_cores=int(getattr(runtime, "num_DLA_cores", 0) or 0),
-    )
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -199,6 +174,10 @@ class TensorRTEngine:
         self._engine: Any = None
         self._context: Any = None
         self._device_buffers: list[Any] = []
+        self._host: dict[str, np.ndarray] = {}
+        self._device: dict[str, Any] = {}
+        self._stream: Any = None
+        self._runtime: Any = None
 
         self.manifest = EngineManifest.load(manifest_path_for(self.path))
         if not self.path.is_file():
@@ -231,8 +210,12 @@ class TensorRTEngine:
                 self.path.name, bundle_hint, self.precision,
             )
 
-        self._cuda_ctx = cuda.Device(device_index).retain_primary_context()
-        self._cuda_ctx.push()
+        try:
+            self._cuda_ctx = cuda.Device(device_index).retain_primary_context()
+            self._cuda_ctx.push()
+        except cuda_errors(cuda) as exc:
+            self._closed = True
+            raise TensorRTUnavailable(f"CUDA cannot open GPU {device_index} ({type(exc).__name__}: {exc})") from exc
         failed = True
         try:
             self._load(trt, cuda, data, bundle_hint)
@@ -252,7 +235,7 @@ class TensorRTEngine:
 
     def _load(self, trt: Any, cuda: Any, data: bytes, bundle_hint: str) -> None:
         logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
+        self._runtime = create_runtime(trt, logger)
         if self.manifest.dla_core is not None:
             self._runtime.DLA_core = int(self.manifest.dla_core)
         engine = self._runtime.deserialize_cuda_engine(data)
@@ -286,8 +269,6 @@ class TensorRTEngine:
             at_max = max_in if is_input else tuple(int(d) for d in context.get_tensor_shape(name))
             specs.append(TensorSpec(name, is_input, static, numpy_dtype(engine.get_tensor_dtype(name)).name, at_max))
         self.plans = plan_buffers(specs)
-        self._host: dict[str, np.ndarray] = {}
-        self._device: dict[str, Any] = {}
         for plan in self.plans:
             self._host[plan.name] = cuda.pagelocked_empty(plan.shape, np.dtype(plan.dtype))
             dev = cuda.mem_alloc(plan.nbytes)
@@ -307,31 +288,44 @@ class TensorRTEngine:
         )
 
     def _warmup(self) -> None:
-        probe = np.zeros((max(1, self.manifest.opt_batch), *self.input_shape), np.float32)
-        out = self._run(probe)
-        if out.shape[0] != probe.shape[0] or not np.all(np.isfinite(out)):
-            raise ModelFileError(
-                f"warm-up inference of {self.path.name} returned {out.shape} with non-finite values; the engine is "
-                "unusable on this device: rebuild it, then run `facediag verify`"
-            )
+        """One full batch and one partial batch (a single row, padded where the profile needs more)."""
+        for rows in sorted({max(1, self.manifest.opt_batch), 1}, reverse=True):
+            probe = np.zeros((rows, *self.input_shape), np.float32)
+            out = self._run(probe)
+            if out.shape[0] != rows or not np.all(np.isfinite(out)):
+                raise ModelFileError(
+                    f"warm-up inference of {self.path.name} with {rows} row(s) returned {out.shape} with non-finite "
+                    "values; the engine is unusable on this device: rebuild it, then run `facediag verify`"
+                )
 
     # -- inference -------------------------------------------------------------------------
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """Run at most ``max_batch`` rows; fewer than the profile's minimum are padded with zeros and dropped."""
         cuda, ctx = self._cuda, self._context
         n = chunk.shape[0]
-        if not ctx.set_input_shape(self.input_name, (n, *self.input_shape)):
-            raise RuntimeError(f"TensorRT rejected input shape {(n, *self.input_shape)}")
-        host_in = self._host[self.input_name][:n]
-        np.copyto(host_in, chunk.astype(self._in_dtype, copy=False))
-        cuda.memcpy_htod_async(self._device[self.input_name], host_in, self._stream)
-        if not ctx.execute_async_v3(self._stream.handle):
-            raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.path.name} (see its messages above)")
+        rows = max(n, self.min_batch)
+        if not ctx.set_input_shape(self.input_name, (rows, *self.input_shape)):
+            raise RuntimeError(f"TensorRT rejected input shape {(rows, *self.input_shape)} for {self.path.name}")
+        host_in = self._host[self.input_name][:rows]
+        np.copyto(host_in[:n], chunk.astype(self._in_dtype, copy=False))
+        if rows > n:
+            host_in[n:] = 0
         out_shape = tuple(int(d) for d in ctx.get_tensor_shape(self.output_name))
         host_out = self._host[self.output_name].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
-        cuda.memcpy_dtoh_async(host_out, self._device[self.output_name], self._stream)
-        self._stream.synchronize()
-        return np.array(host_out, dtype=np.float32, copy=True)
+        try:
+            cuda.memcpy_htod_async(self._device[self.input_name], host_in, self._stream)
+            if not ctx.execute_async_v3(self._stream.handle):
+                raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.path.name} (see its messages above)")
+            cuda.memcpy_dtoh_async(host_out, self._device[self.output_name], self._stream)
+            # A kernel can fail after execute_async_v3 returned: CUDA reports it here.
+            self._stream.synchronize()
+        except cuda_errors(cuda) as exc:
+            raise RuntimeError(
+                f"TensorRT inference of {self.path.name} failed on the GPU ({type(exc).__name__}: {exc}); the "
+                "CUDA context may be unusable now: restart the service, and run `facediag verify` if it recurs"
+            ) from exc
+        return np.array(host_out[:n], dtype=np.float32, copy=True)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         parts = [self._run_chunk(x[a:b]) for a, b in split_batch(x.shape[0], self.max_batch)]
@@ -357,14 +351,31 @@ class TensorRTEngine:
     # -- shutdown --------------------------------------------------------------------------
 
     def _release(self) -> None:
+        """Free everything allocated under the CUDA context; call with that context current.
+
+        Device memory, page-locked host buffers (shared RAM on a Jetson) and the stream are
+        freed here, explicitly: left to the garbage collector they would be released after
+        the context is detached, which pycuda can only report, not undo.
+        """
         for dev in self._device_buffers:
             try:
                 dev.free()
             except Exception as exc:  # freeing after a CUDA error can fail; nothing else to do
                 log.debug("freeing a device buffer failed: %s", exc)
         self._device_buffers = []
+        self._device = {}
+        for name, array in self._host.items():
+            allocation = getattr(array, "base", None)
+            if allocation is not None and hasattr(allocation, "free"):
+                try:
+                    allocation.free()
+                except Exception as exc:
+                    log.debug("freeing the page-locked buffer of %s failed: %s", name, exc)
+        self._host = {}
+        self._stream = None  # pycuda destroys a stream when its last reference goes
         self._context = None
         self._engine = None
+        self._runtime = None
 
     def close(self) -> None:
         with self._lock:
@@ -398,7 +409,7 @@ def open_bundle_engine(
     **kwargs: Any,
 ) -> TensorRTEngine:
     """Open ``model.<precision>.engine`` for a bundle, checking it against the bundle's model hash."""
-    from edge.bundle import load_bundle
+    from facediag.edge.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     key = normalize_precision(precision)

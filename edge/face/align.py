@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.face.contract import PreprocessContract
+from facediag.edge.face.contract import PreprocessContract
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -42,7 +42,8 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Apply a 2x3 affine matrix to (K, 2) points."""
     pts = np.asarray(points, dtype=np.float64)
-    return pts @ matrix[:, :2].T + matrix[:, 2]
+    moved: np.ndarray = pts @ matrix[:, :2].T + matrix[:, 2]
+    return moved
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:

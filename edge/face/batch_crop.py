@@ -13,21 +13,22 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import ConfigError, FacediagError, ImageLoadError
-from edge.face.imageio import load_image
-from edge.face.pipeline import FaceFrontEnd
-from edge.hashing import sha256_file
+from facediag.edge.atomicio import atomic_write_bytes
+from facediag.edge.errors import ConfigError, ImageLoadError
+from facediag.edge.face.imageio import load_image
+from facediag.edge.face.pipeline import FaceFrontEnd
+from facediag.edge.hashing import sha256_file
+from facediag.edge.photos import NOT_PHOTO_SUFFIXES, list_photo_candidates
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 SETTINGS = "crop_settings.json"
-NOT_PHOTOS = {".txt", ".csv", ".md", ".json", ".xml", ".html", ".py", ".pdf"}
+NOT_PHOTOS = NOT_PHOTO_SUFFIXES  # kept for callers of this name
 QUALITY_KEYS = ("face_px", "sharpness", "brightness", "clipped_fraction", "roll_deg", "yaw", "pitch")
 FIELDS = (
     ["source", "source_sha256", "status", "reason", "output", "faces_found", "score", "x1", "y1", "x2", "y2", "landmarks"]
@@ -50,36 +51,16 @@ class CropSummary:
 def list_photos(src: Path) -> list[Path]:
     """Every regular, non-hidden file under ``src`` that is not obviously a text/data file.
 
-    Files without an extension are included (the Yale database has none); whether a file
-    really is an image is decided by the decoder, and failures are reported per file.
+    The permissive listing of the photo-collection layer: files without an image suffix are
+    included (the Yale database has none); whether a file really is an image is decided by
+    the decoder, and failures are reported per file. This tool's own outputs are left out.
     """
-    if not src.exists():
-        raise FacediagError(f"{src}: no such folder")
-    if src.is_file():
-        return [src]
-    out = []
-    for p in sorted(src.rglob("*")):
-        rel = p.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        if p.suffix.lower() in NOT_PHOTOS or p.name in (MANIFEST, SETTINGS):
-            continue
-        out.append(p)
-    return out
+    return list_photo_candidates(src, exclude_names=(MANIFEST, SETTINGS))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)
 
 
 def read_manifest(path: Path) -> dict[str, dict[str, str]]:
@@ -87,7 +68,7 @@ def read_manifest(path: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     rows: dict[str, dict[str, str]] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         for row in csv.DictReader(fh):
             if row.get("status") in ("ok", "skipped") and row.get("source_sha256"):
                 rows[row["source"]] = row
@@ -103,7 +84,51 @@ def _check_settings(dst: Path, settings: dict[str, object], force: bool) -> None
                 f"{dst} was made with other crop settings ({path}); use a new destination folder, "
                 "or pass --force to redo every file with the new settings"
             )
-    _atomic_write(path, json.dumps(settings, indent=2, sort_keys=True).encode())
+    _write(path, json.dumps(settings, indent=2, sort_keys=True).encode())
+
+
+def crop_name(rel: Path) -> Path:
+    """The crop of ``rel``: its whole name plus ``.png`` (``subject01.glasses`` -> ``subject01.glasses.png``,
+    ``a.jpg`` -> ``a.jpg.png``), so two photos never share a crop; a ``.png`` source becomes ``x.png.png``
+    for the same reason (``x`` and ``x.png`` may both exist)."""
+    return rel.with_name(rel.name + ".png")
+
+
+def _crop_one(
+    photo: Path, rel: Path, dst: Path, front_end: FaceFrontEnd, skip_failing_quality: bool, row: dict[str, str]
+) -> None:
+    """Crop one photo into ``dst/rel`` (as PNG) and fill its manifest ``row``; ImageLoadError when skipped.
+
+    The face's figures are filled in before a quality-gate refusal, so a skipped row still says why.
+    """
+    import cv2
+
+    image = load_image(photo)
+    result = front_end.process(image)
+    if result.face is None or result.crop is None:
+        raise ImageLoadError(f"{photo}: no face found")
+    face = result.face
+    row.update(
+        faces_found=str(len(result.faces)),
+        score=f"{face.score:.4f}",
+        x1=f"{face.box[0]:.1f}", y1=f"{face.box[1]:.1f}", x2=f"{face.box[2]:.1f}", y2=f"{face.box[3]:.1f}",
+        landmarks=json.dumps([[round(float(v), 2) for v in p] for p in face.landmarks]),
+        quality_flags="; ".join(result.reasons),
+    )
+    for k in QUALITY_KEYS:
+        if k in result.quality.figures:
+            row[k] = f"{result.quality.figures[k]:.4f}"
+    notes = []
+    if len(result.faces) > 1:
+        notes.append(f"{len(result.faces)} faces found; kept the largest, most central one")
+    if result.reasons and skip_failing_quality:
+        raise ImageLoadError(f"{photo}: failed quality gates: {'; '.join(result.reasons)}")
+    out_rel = crop_name(rel)
+    ok, encoded = cv2.imencode(".png", result.crop)
+    if not ok:
+        raise ImageLoadError(f"{photo}: could not encode the crop")
+    _write(dst / out_rel, encoded.tobytes())
+    row.update(status="ok", output=out_rel.as_posix(), reason="; ".join(notes))
 
 
 def crop_folder(
@@ -116,8 +141,6 @@ def crop_folder(
     progress: Callable[[Iterable[Path]], Iterable[Path]] | None = None,
 ) -> CropSummary:
     """Crop every photo under ``src`` into ``dst`` (same relative paths, ``.png``)."""
-    import cv2
-
     photos = list_photos(src)
     src_is_file = src.is_file()
     dst.mkdir(parents=True, exist_ok=True)
@@ -127,7 +150,9 @@ def crop_folder(
     summary = CropSummary()
     rows: dict[str, dict[str, str]] = dict(previous)
     new_file = not manifest_path.exists() or force
-    with open(manifest_path, "w" if new_file else "a", newline="", encoding="utf-8") as fh:
+    # The manifest is an append-only journal while the run lasts (each row flushed and fsynced, a
+    # torn last row is ignored on re-read), then replaced atomically by its compacted form below.
+    with open(manifest_path, "w" if new_file else "a", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         if new_file:
             writer.writeheader()
@@ -147,32 +172,7 @@ def crop_folder(
             row = {k: "" for k in FIELDS}
             row.update(source=key, source_sha256=digest)
             try:
-                image = load_image(photo)
-                result = front_end.process(image)
-                if result.face is None:
-                    raise ImageLoadError(f"{photo}: no face found")
-                face = result.face
-                row.update(
-                    faces_found=str(len(result.faces)),
-                    score=f"{face.score:.4f}",
-                    x1=f"{face.box[0]:.1f}", y1=f"{face.box[1]:.1f}", x2=f"{face.box[2]:.1f}", y2=f"{face.box[3]:.1f}",
-                    landmarks=json.dumps([[round(float(v), 2) for v in p] for p in face.landmarks]),
-                    quality_flags="; ".join(result.reasons),
-                )
-                for k in QUALITY_KEYS:
-                    if k in result.quality.figures:
-                        row[k] = f"{result.quality.figures[k]:.4f}"
-                notes = []
-                if len(result.faces) > 1:
-                    notes.append(f"{len(result.faces)} faces found; kept the largest, most central one")
-                if result.reasons and skip_failing_quality:
-                    raise ImageLoadError(f"{photo}: failed quality gates: {'; '.join(result.reasons)}")
-                out_rel = rel.with_suffix(".png") if rel.suffix.lower() != ".png" else rel
-                ok, encoded = cv2.imencode(".png", result.crop)
-                if not ok:
-                    raise ImageLoadError(f"{photo}: could not encode the crop")
-                _atomic_write(dst / out_rel, encoded.tobytes())
-                row.update(status="ok", output=out_rel.as_posix(), reason="; ".join(notes))
+                _crop_one(photo, rel, dst, front_end, skip_failing_quality, row)
                 summary.done += 1
             except ImageLoadError as exc:
                 row.update(status="skipped", reason=str(exc))
@@ -188,5 +188,5 @@ def crop_folder(
     w.writeheader()
     for key in sorted(rows):
         w.writerow({k: rows[key].get(k, "") for k in FIELDS})
-    _atomic_write(manifest_path, buf.getvalue().encode("utf-8"))
+    _write(manifest_path, buf.getvalue().encode("utf-8", errors="surrogateescape"))  # file names of any encoding
     return summary

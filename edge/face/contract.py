@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError
+from facediag.edge.errors import ConfigError
 
 # insightface's five ArcFace points for a 112x112 crop (x, y), LANDMARK_NAMES order.
 _ARCFACE_112 = np.array(
@@ -36,7 +36,7 @@ _ARCFACE_112 = np.array(
 def _scaled_template(size: int, face_fraction: float) -> np.ndarray:
     """ArcFace's points scaled to a size x size square, the face taking ``face_fraction`` of the ArcFace scale."""
     centre = np.array([56.0, 56.0])
-    pts = (_ARCFACE_112 - centre) * face_fraction * (size / 112.0) + size / 2.0
+    pts: np.ndarray = (_ARCFACE_112 - centre) * face_fraction * (size / 112.0) + size / 2.0
     return pts
 
 
@@ -92,7 +92,8 @@ class PreprocessContract:
     @property
     def landmarks(self) -> np.ndarray:
         """Template landmarks (5, 2) in crop pixel coordinates."""
-        return TEMPLATES[self.template][2].copy()
+        points: np.ndarray = TEMPLATES[self.template][2].copy()
+        return points
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -153,4 +154,5 @@ def apply_scaling(x: np.ndarray, contract: PreprocessContract) -> np.ndarray:
     mean = flat.mean(axis=1).reshape(n, 1, 1, 1)
     std = flat.std(axis=1).reshape(n, 1, 1, 1)
     std = np.maximum(std, 1.0 / np.sqrt(flat.shape[1]))
-    return (x - mean) / std
+    whitened: np.ndarray = (x - mean) / std
+    return whitened

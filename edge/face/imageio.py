@@ -15,12 +15,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edge.errors import ImageLoadError
+from facediag.edge.errors import ImageLoadError
 
 log = logging.getLogger(__name__)
 
 # 50 megapixels: the largest phone photos are ~48 MP; a 30000x30000 "PNG bomb" is 900 MP.
 DEFAULT_MAX_PIXELS = 50_000_000
+# The station reads camera-sized frames: 16 MP (4912x3264) is plenty and bounds its memory (issue 11:
+# a 49 MP PNG peaked the daemon at 922 MB). Capture sources pass this; the tools use the default above.
+STATION_MAX_PIXELS = 16_000_000
+# The only decoders Pillow may use (issue 11: 43 formats were accepted, an EPS named .jpg reached
+# Ghostscript). GIF and PPM/PGM stay because the project's own photo sets use them (Yale faces are GIF).
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 
 
 def _to_uint8_array(img: Image.Image) -> np.ndarray:
@@ -67,10 +73,10 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(p)
+            img = Image.open(p, formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise ImageLoadError(
-            f"{p}: not a readable image (the content is not JPEG, PNG, GIF, WebP, BMP or TIFF, "
+            f"{p}: not a readable image (the content is not JPEG, PNG, GIF, WebP, BMP, TIFF or PPM/PGM, "
             "whatever its name says)"
         ) from None
     except Image.DecompressionBombError as exc:
@@ -81,8 +87,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             f"{p}: refused before decoding, {pixels} is over the limit of {max_pixels / 1e6:.0f} megapixels; "
             "downscale the photo first"
         ) from None
-    except OSError as exc:
-        raise ImageLoadError(f"{p}: cannot be opened as an image ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError (PPM maxval), SyntaxError, struct.error, ...
+        raise ImageLoadError(f"{p}: cannot be opened as an image ({type(exc).__name__}: {exc})") from None
     with img:
         width, height = img.size
         if width <= 0 or height <= 0:
@@ -100,7 +106,9 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
                 rgb = _to_uint8_array(upright if upright is not None else img)
         except Image.DecompressionBombError as exc:
             raise ImageLoadError(f"{p}: refused, the image is too large to decode safely ({exc})") from None
-        except (OSError, SyntaxError, ValueError) as exc:
+        except MemoryError:
+            raise ImageLoadError(f"{p}: refused, not enough memory to decode it") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder error (ValueError for inflating PNG chunks, ...)
             raise ImageLoadError(
                 f"{p}: the image data is truncated or corrupt ({exc}); re-copy the original photo"
             ) from None

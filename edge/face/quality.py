@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.face.types import Face
+from facediag.edge.face.types import Face
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from edge.face.types import Face
+from facediag.edge.face.types import Face
 
 # Faces within this fraction of the largest face's area count as "as large"; among them the
 # most central wins. A kiosk's subject stands closest (largest), usually in the middle.

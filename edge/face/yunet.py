@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ModelFileError
-from edge.face.types import Face, clip_box
+from facediag.edge.errors import ModelFileError
+from facediag.edge.face.detector import DETECTORS, DetectorSpec
+from facediag.edge.face.types import Face, clip_box
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +66,26 @@ class YuNetDetector:
             faces.append(Face(box=clip_box((x, y, x + bw, y + bh), w, h), landmarks=landmarks, score=float(row[14])))
         faces.sort(key=lambda f: f.score, reverse=True)
         return faces
+
+
+def _make_yunet(model_path: Path | None, score_threshold: float | None) -> YuNetDetector:
+    if model_path is None:  # make_detector checks first; a direct caller gets the same advice
+        raise ModelFileError("the yunet detector needs its model file (`facediag models fetch yunet`)")
+    if score_threshold is None:
+        return YuNetDetector(model_path)
+    return YuNetDetector(model_path, score_threshold=score_threshold)
+
+
+DETECTORS.register(
+    DetectorSpec(
+        name="yunet",
+        summary="YuNet through OpenCV: box, 5 landmarks and score in one pass (~230 KB ONNX file, "
+        "needs --detector-model)",
+        factory=_make_yunet,
+        # opencv_zoo's YuNet notes: faces of about 10x10 to 300x300 px (larger frames are fine, faces scale)
+        min_face_px=10,
+        needs_model_file=True,
+        default_score_threshold=0.7,
+        model_hint="download it once with `facediag models fetch yunet`",
+    )
+)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.face.types import Face
-from edge.screening.decision import RETAKE, Decision
+from facediag.edge.face.types import Face
+from facediag.edge.screening.decision import RETAKE, Decision
+from facediag.edge.screening.record import QualitySummary
 
 
 @dataclass(frozen=True)
@@ -37,19 +38,19 @@ class Session:
     box: tuple[float, float, float, float]
     crops: list[np.ndarray] = field(default_factory=list)
     first_good_at: float | None = None
-    rejected: Counter = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
     frames: int = 0
     good: int = 0
     decision: Decision | None = None
     decided_at: float | None = None
 
-    def quality_summary(self) -> dict[str, object]:
-        return {
-            "frames_seen": self.frames,
-            "good_frames": self.good,
-            "rejected_frames": int(sum(self.rejected.values())),
-            "rejections": dict(self.rejected.most_common()),
-        }
+    def quality_summary(self) -> QualitySummary:
+        return QualitySummary(
+            frames_seen=self.frames,
+            good_frames=self.good,
+            rejected_frames=int(sum(self.rejected.values())),
+            rejections=dict(self.rejected.most_common()),
+        )
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -77,8 +78,7 @@ class SessionTracker:
         self.current: Session | None = None
 
     def _end_as_retake(self, session: Session, now: float, why: str) -> Session:
-        summary = session.quality_summary()
-        top = ", ".join(f"{k} x{v}" for k, v in list(summary["rejections"].items())[:3])  # type: ignore[union-attr]
+        top = ", ".join(f"{k} x{v}" for k, v in list(session.quality_summary().rejections.items())[:3])
         reason = f"{why}: {session.good}/{self.config.good_frames} good frames" + (f" (rejected: {top})" if top else "")
         session.decision = Decision(RETAKE, reason=reason)
         session.decided_at = now

@@ -1,8 +1,9 @@
 """The station's local HTTP API: health, status, latest results, Prometheus metrics.
 
-Standard library only (``http.server.ThreadingHTTPServer``): a kiosk UI, a
-monitoring agent or an operator's ``curl`` on the same machine talk to it; it is
-not meant to face a network. Hence:
+Standard library only (``facediag.edge.service.httpcore``: one I/O thread, a
+bounded worker pool, a real listen backlog, per-connection timeouts): a kiosk UI,
+a monitoring agent or an operator's ``curl`` on the same machine talk to it; it
+is not meant to face a network. Hence:
 
 * It binds to 127.0.0.1 by default, or to a Unix socket; a non-loopback address
   is refused unless the caller passes ``allow_non_loopback=True`` (and the
@@ -15,7 +16,7 @@ not meant to face a network. Hence:
   load balancer, a kiosk browser or ``curl --fail`` in a health check needs no
   secret.
 
-Endpoints (GET only):
+Endpoints (GET; the kiosk and staff pages add their own, see ``facediag.edge.kiosk.web``):
 
 ==================  ======  =============================================================
 ``/health``         open    200 ``{"status": "ok"}`` when healthy, else 503 with the status
@@ -36,16 +37,14 @@ import json
 import logging
 import os
 import socket
-import socketserver
 import stat
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Protocol
 
-from edge.errors import ConfigError
+from facediag.edge.errors import ConfigError
+from facediag.edge.service.httpcore import HttpCore, Request, Response, make_listener
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +58,46 @@ class ApiHandlers:
 
     health(): dict with at least ``"status"``; ``"ok"`` means HTTP 200, anything else 503.
     status(): JSON-able dict.
-    latest_results(n): list of result dicts, newest last (e.g. ``edge.results.latest_results``).
+    latest_results(n): list of result dicts, newest last (the station: ``StationStatus.latest_results``, valid
+    records only, read with ``facediag.edge.results.latest_screening_results``).
     metrics(): (body bytes, content type), e.g. ``StationMetrics.render``.
     """
 
-    health: Callable[[], dict]
-    status: Callable[[], dict]
-    latest_results: Callable[[int], list]
+    health: Callable[[], dict[str, Any]]
+    status: Callable[[], dict[str, Any]]
+    latest_results: Callable[[int], list[dict[str, Any]]]
     metrics: Callable[[], tuple[bytes, str]]
 
 
-def load_token(path: str | Path) -> str:
-    """Read the API token from ``path`` (whitespace stripped). ConfigError when missing, empty or short.
+CREDENTIAL_NAME = "api.token"
 
-    Make one with ``python3 -c 'import secrets; print(secrets.token_urlsafe(32))'``; store it
-    readable only by root and the service group (0640 root:facediag).
+
+def credential_path(name: str, env: dict[str, str] | None = None) -> Path | None:
+    """``$CREDENTIALS_DIRECTORY/name`` when systemd passed that credential (``LoadCredential=``), else None."""
+    directory = (os.environ if env is None else env).get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    candidate = Path(directory) / name
+    return candidate if candidate.is_file() else None
+
+
+def load_token(path: str | Path, env: dict[str, str] | None = None) -> str:
+    """Read the API token (whitespace stripped). ConfigError when missing, empty or short.
+
+    Under systemd the unit passes it as a credential (``LoadCredential=api.token:/etc/facediag/api.token``):
+    ``$CREDENTIALS_DIRECTORY/api.token`` is read then, and ``path`` (``api.token_file``) only without it,
+    so the file in /etc can stay readable by root alone. Make one with
+    ``python3 -c 'import secrets; print(secrets.token_urlsafe(32))'``.
     """
-    p = Path(os.path.expandvars(str(path)))
+    credential = credential_path(CREDENTIAL_NAME, env)
+    if credential is not None:
+        log.info("API token: systemd credential %s", credential)
+    p = credential if credential is not None else Path(os.path.expandvars(str(path)))
     try:
+        from facediag.edge.smallfile import read_small_text
+
+        token = read_small_text(p, "api.token_file").strip()  # regular file, bounded, UTF-8 (issue 11)
         st = p.stat()
-        token = p.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise ConfigError(f"api.token_file {p} does not exist; create it (see systemd/README.md, 'API token')") from None
     except OSError as exc:
@@ -102,108 +121,81 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror:
         return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "facediag"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # seconds per socket operation: a stuck client cannot hold a thread forever
-
-    # set on the subclass made per server
-    handlers: ApiHandlers
-    token: str
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature from the stdlib
-        log.debug("api %s " + format, self._peer(), *args)
-
-    def _peer(self) -> str:
-        addr = self.client_address
-        return addr[0] if isinstance(addr, tuple) and addr else "unix"
-
-    def _send(self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, code: int, payload: object, extra: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload, separators=(",", ":"), default=str).encode()
-        self._send(code, body, "application/json", extra)
-
-    def _authorised(self) -> bool:
-        header = self.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return False
-        return hmac.compare_digest(presented.strip().encode(), self.token.encode())
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        url = urlsplit(self.path)
-        route = url.path.rstrip("/") or "/"
-        try:
-            if route == "/health":
-                health = self.handlers.health()
-                self._json(200 if health.get("status") == "ok" else 503, {"status": health.get("status", "unknown")})
-                return
-            if route not in ("/status", "/results/latest", "/metrics"):
-                self._json(404, {"error": f"no endpoint {route}; try /health, /status, /results/latest, /metrics"})
-                return
-            if not self._authorised():
-                self._json(401, {"error": "missing or wrong bearer token (Authorization: Bearer <api token>)"},
-                           {"WWW-Authenticate": 'Bearer realm="facediag"'})
-                return
-            if route == "/status":
-                self._json(200, self.handlers.status())
-            elif route == "/results/latest":
-                query = parse_qs(url.query)
-                try:
-                    n = int(query.get("n", ["10"])[0])
-                except ValueError:
-                    self._json(400, {"error": "n must be an integer"})
-                    return
-                if not 1 <= n <= MAX_RESULTS:
-                    self._json(400, {"error": f"n must be between 1 and {MAX_RESULTS}"})
-                    return
-                self._json(200, {"results": self.handlers.latest_results(n)})
-            else:
-                body, content_type = self.handlers.metrics()
-                self._send(200, body, content_type)
-        except Exception:  # noqa: BLE001 - a failing callback must not take the API down
-            log.exception("api: %s failed", route)
-            self._json(500, {"error": "internal error; see the daemon's log"})
-
-    do_HEAD = do_GET  # noqa: N815
-
-    def _not_allowed(self) -> None:
-        self._json(405, {"error": "only GET is supported"}, {"Allow": "GET, HEAD"})
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+def bearer_ok(request: Request, token: str) -> bool:
+    """``Authorization: Bearer <token>`` matches (constant-time comparison)."""
+    scheme, _, presented = request.header("authorization").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+def json_response(code: int, payload: object, extra: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+    return Response(code, body, "application/json", dict(extra or {}))
 
 
-class _TCPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class RouteExtension(Protocol):
+    """More routes on the same server (the kiosk and staff pages): None when a path is not theirs."""
+
+    def route(self, request: Request) -> Response | None: ...
+
+    def announce_stopping(self) -> None: ...
 
 
-class _TCP6Server(_TCPServer):
-    address_family = socket.AF_INET6
+UNAUTHORISED = {"error": "missing or wrong bearer token (Authorization: Bearer <api token>)"}
+
+
+class ApiApp:
+    """The routes of the module docstring, plus those of an optional ``RouteExtension``."""
+
+    def __init__(self, handlers: ApiHandlers, token: str, extension: RouteExtension | None = None) -> None:
+        self.handlers = handlers
+        self.token = token
+        self.extension = extension
+
+    def __call__(self, request: Request) -> Response:
+        route = request.path
+        if self.extension is not None:
+            extended = self.extension.route(request)
+            if extended is not None:
+                return extended
+        if request.method == "OPTIONS":  # no CORS: a cross-site preflight gets no Access-Control-Allow-* header
+            return Response(204, b"", "text/plain", {"Allow": "GET, HEAD, POST"})
+        if route not in ("/health", "/status", "/results/latest", "/metrics"):
+            return json_response(404, {"error": f"no endpoint {route}; try /health, /status, /results/latest, "
+                                                "/metrics, /kiosk, /staff"})
+        if request.method not in ("GET", "HEAD"):
+            return json_response(405, {"error": "only GET is supported here"}, {"Allow": "GET, HEAD"})
+        if route == "/health":
+            health = self.handlers.health()
+            answer = {"status": health.get("status", "unknown")}
+            if health.get("degraded"):
+                answer["degraded"] = health["degraded"]  # a short code (e.g. engine-fallback), no details
+            return json_response(200 if answer["status"] == "ok" else 503, answer)
+        if not bearer_ok(request, self.token):
+            return json_response(401, UNAUTHORISED, {"WWW-Authenticate": 'Bearer realm="facediag"'})
+        if route == "/status":
+            return json_response(200, self.handlers.status())
+        if route == "/results/latest":
+            try:
+                n = int(request.query.get("n", ["10"])[0])
+            except ValueError:
+                return json_response(400, {"error": "n must be an integer"})
+            if not 1 <= n <= MAX_RESULTS:
+                return json_response(400, {"error": f"n must be between 1 and {MAX_RESULTS}"})
+            return json_response(200, {"results": self.handlers.latest_results(n)})
+        body, content_type = self.handlers.metrics()
+        return Response(200, body, content_type)
 
 
 class ApiServer:
-    """The HTTP API on a TCP port (loopback) or a Unix socket, served from a background thread.
+    """The HTTP API on a TCP port (loopback) or a Unix socket, served by ``HttpCore`` threads.
 
     ``port=0`` picks a free port (see ``.address``). ``unix_socket`` wins over bind/port.
+    ``extension`` adds routes (the kiosk pages, ``facediag.edge.kiosk.web``).
     """
 
     def __init__(
@@ -215,6 +207,8 @@ class ApiServer:
         port: int = 8787,
         unix_socket: str | Path | None = None,
         allow_non_loopback: bool = False,
+        extension: RouteExtension | None = None,
+        workers: int = 8,
     ) -> None:
         if not token or len(token) < MIN_TOKEN_LENGTH:
             raise ConfigError(f"the API token must be at least {MIN_TOKEN_LENGTH} characters (api.token_file)")
@@ -223,47 +217,64 @@ class ApiServer:
                 f"api.bind {bind!r} is not a loopback address; the API is for this machine only. Use 127.0.0.1, "
                 "::1 or api.unix_socket (a reverse proxy with TLS can publish it if you must)"
             )
-        handler = type("FacediagApiHandler", (_Handler,), {"handlers": handlers, "token": token})
+        self.app = ApiApp(handlers, token, extension)
         self.unix_socket = Path(unix_socket) if unix_socket else None
         try:
             if self.unix_socket is not None:
                 if self.unix_socket.is_socket():
+                    from facediag.edge.smallfile import unix_socket_in_use
+
+                    if unix_socket_in_use(self.unix_socket):  # issue 11: never steal a live daemon's socket
+                        raise ConfigError(f"the API cannot listen on {self.unix_socket}: another process (a second "
+                                          "facediag daemon?) is serving there; stop it or pick another api.unix_socket")
                     self.unix_socket.unlink()  # a stale socket from a previous run
-                self._server: socketserver.BaseServer = _UnixHTTPServer(str(self.unix_socket), handler)
+                listener = make_listener(socket.AF_UNIX, str(self.unix_socket))
                 os.chmod(self.unix_socket, 0o660)
             else:
-                cls = _TCP6Server if ":" in bind else _TCPServer
-                self._server = cls((bind.strip("[]"), port), handler)
+                family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+                listener = make_listener(family, (bind.strip("[]"), port))
         except OSError as exc:
             where = self.unix_socket or f"{bind}:{port}"
             raise ConfigError(f"the API cannot listen on {where}: {exc.strerror}; pick another api.port / "
                               "api.unix_socket or stop what is using it") from exc
-        self._thread: threading.Thread | None = None
+        self._listener = listener
+        self._address: Any = listener.getsockname()  # kept: still known after stop()
+        self.core = HttpCore(listener, self.app, workers=workers)
+        self._started = False
 
     @property
-    def address(self) -> str | tuple:
-        return self._server.server_address
+    def handlers(self) -> ApiHandlers:
+        return self.app.handlers
+
+    @property
+    def address(self) -> str | tuple[Any, ...]:
+        address = self._address
+        return address if isinstance(address, (str, tuple)) else str(address)
 
     @property
     def url(self) -> str:
         """``http://host:port`` for TCP (use with urllib / curl); ``unix:<path>`` for a socket."""
         if self.unix_socket is not None:
             return f"unix:{self.unix_socket}"
-        host, port = self._server.server_address[:2]
+        address = self.address
+        host, port = (str(address[0]), address[1]) if isinstance(address, tuple) else (address, "")
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def start(self) -> ApiServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="facediag-api", daemon=True)
-        self._thread.start()
+        self.core.start()
+        self._started = True
         log.info("API listening on %s", self.url)
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self._server.server_close()
+        if self.app.extension is not None and self._started:
+            try:
+                self.app.extension.announce_stopping()
+            except Exception:  # noqa: BLE001 - stopping matters more
+                log.exception("api: announcing the stop failed")
+        self.core.stop()
+        self._started = False
+        self._listener.close()
         if self.unix_socket is not None and self.unix_socket.is_socket():
             self.unix_socket.unlink()
 

@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 STAGES = ("capture", "detect", "align", "infer", "decide")
 DECISIONS = ("refer", "no_finding", "retake", "abstain")
@@ -36,7 +36,7 @@ class _CaptureCollector:
         self._stats = stats
         self._states = states
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         s = self._stats()
         labels = ["source"]
         uri = getattr(s, "uri", "")
@@ -77,6 +77,8 @@ class StationMetrics:
             "facediag_quality_rejections", "Frames rejected by a quality gate, by reason.", ["reason"], registry=r
         )
         self.ready = Gauge("facediag_ready", "1 once the daemon sent READY=1.", registry=r)
+        self.degraded = Gauge("facediag_degraded", "1 while the station runs degraded: a CPU fallback instead of "
+                              "the TensorRT engine this host is set up for (see /status degraded_reason).", registry=r)
         self.engine_info = Gauge(
             "facediag_engine_info", "The engine in use (value 1).", ["backend", "precision"], registry=r
         )
@@ -89,7 +91,9 @@ class StationMetrics:
     def bind_capture(self, stats: Callable[[], object], states: tuple[str, ...] | None = None) -> None:
         """Export a CaptureSupervisor's counters: ``metrics.bind_capture(supervisor.stats)``."""
         if states is None:
-            from edge.capture.supervisor import STATES as states  # noqa: N811
+            from facediag.edge.capture.supervisor import STATES
+
+            states = STATES
         if self._capture_collector is not None:
             self.registry.unregister(self._capture_collector)
         self._capture_collector = _CaptureCollector(stats, states)
@@ -113,6 +117,10 @@ class StationMetrics:
         if kind not in DECISIONS:
             raise ValueError(f"unknown decision {kind!r}; one of {DECISIONS}")
         self.decisions.labels(kind=kind).inc()
+
+    def set_degraded(self, reason: str | None) -> None:
+        """``facediag_degraded{reason=...}`` = 1 while the station runs degraded (e.g. a CPU fallback), else 0."""
+        self.degraded.set(1 if reason else 0)
 
     def set_engine(self, backend: str, precision: str) -> None:
         self.engine_info.clear()

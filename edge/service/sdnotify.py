@@ -93,11 +93,14 @@ class Notifier:
             if "\n" in part.partition("=")[2] and not part.startswith("STATUS="):
                 raise ValueError(f"notification value contains a newline: {part!r}")
         message = "\n".join(p.replace("\n", " ") if p.startswith("STATUS=") else p for p in parts).encode()
+        target = self.socket_path
+        if target is None:
+            return False
         with self._lock:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.sendto(message, _socket_address(self.socket_path))
+                self._sock.sendto(message, _socket_address(target))
                 return True
             except OSError as exc:
                 log.warning("sd_notify to %s failed: %s", self.socket_path, exc)

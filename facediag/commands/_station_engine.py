@@ -19,19 +19,20 @@ class StationEnginePlan:
 
 def plan_from_config(config_path: Path) -> StationEnginePlan:
     """Which engine the station config asks for, or why none is needed on this host."""
-    from edge.config import load_config
+    from facediag.edge import precision as precision_table
+    from facediag.edge.config import load_config
 
     cfg = load_config(config_path).engine
     bundle = Path(cfg.bundle)
     inputs = Path(cfg.verify_inputs) if cfg.verify_inputs else None
-    if cfg.backend == "onnxruntime":
+    if cfg.backend == precision_table.ONNXRUNTIME:
         return StationEnginePlan(bundle, None, "engine.backend is onnxruntime: no TensorRT engine is used", inputs)
-    if cfg.precision == "int8-cpu":
-        return StationEnginePlan(bundle, None, "engine.precision int8-cpu runs on ONNX Runtime only", inputs)
-    precision = "fp16" if cfg.precision == "auto" else cfg.precision
-    if cfg.backend == "auto":
+    if cfg.precision != precision_table.AUTO and not precision_table.get(cfg.precision).runs_on(precision_table.TENSORRT):
+        return StationEnginePlan(bundle, None, f"engine.precision {cfg.precision} runs on ONNX Runtime only", inputs)
+    precision = precision_table.ENGINE_DEFAULT if cfg.precision == precision_table.AUTO else cfg.precision
+    if cfg.backend == precision_table.AUTO:
         try:
-            import tensorrt  # type: ignore[import-not-found]  # noqa: F401
+            import tensorrt  # noqa: F401
         except ImportError:
             return StationEnginePlan(
                 bundle, None, "TensorRT is not installed on this host: the daemon will use ONNX Runtime", inputs

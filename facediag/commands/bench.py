@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from facediag.edge.config import StationConfig
 
 NAME = "bench"
 HELP = "time the station pipeline on a video: per-stage ms, fps, CPU, memory, time to ready"
@@ -27,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=("yunet", "mtcnn"), default=None,
                         help="face detector (default: yunet when --detector-model is given, else mtcnn)")
     parser.add_argument("--detector-model", type=Path, default=None, help="YuNet ONNX file")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8-cpu"), default="fp32",
-                        help="bundle model run by ONNX Runtime (default fp32)")
+    from facediag.edge import precision as precision_table
+
+    parser.add_argument("--precision", choices=precision_table.for_runtime(precision_table.ONNXRUNTIME),
+                        default=precision_table.REFERENCE, help="bundle model run by ONNX Runtime (default fp32)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     parser.add_argument("--fps", type=float, default=None, help="also run paced at this source rate (e.g. 30)")
     parser.add_argument("--good-frames", type=int, default=8, help="crops per screening decision (default 8)")
@@ -59,14 +65,14 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0, 1)
 
 
-def _config(args: argparse.Namespace, results: Path, fps: float):
-    from edge.config import parse_config
+def _config(args: argparse.Namespace, results: Path, fps: float) -> StationConfig:
+    from facediag.edge.config import parse_config
 
     detector = args.detector or ("yunet" if args.detector_model else "mtcnn")
-    det: dict = {"name": detector}
+    det: dict[str, Any] = {"name": detector}
     if args.detector_model:
         det["model_path"] = str(args.detector_model.resolve())
-    engine: dict = {"bundle": str(args.bundle.resolve()), "backend": "onnxruntime", "precision": args.precision}
+    engine: dict[str, Any] = {"bundle": str(args.bundle.resolve()), "backend": "onnxruntime", "precision": args.precision}
     if args.threads:
         engine["threads"] = args.threads
     return parse_config({
@@ -76,33 +82,27 @@ def _config(args: argparse.Namespace, results: Path, fps: float):
         "screening": {"good_frames": args.good_frames},
         "results": {"path": str(results)},
         "api": {"enabled": False},
+        # A timing tool, not a station: it runs the bundle it is given, signed or not.
+        "trust": {"allow_unsigned": True},
     })
 
 
-def _unthrottled(args: argparse.Namespace, work: Path) -> dict:
+def _unthrottled(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Decode and process every frame back to back in this thread (capture = decode time)."""
     import time
 
-    from edge.bundle import load_bundle
-    from edge.capture import EndOfStream, make_source
-    from edge.daemon import ScreeningPipeline, make_front_end, process_age_s, warm_up
-    from edge.engine.select import select_engine
-    from edge.results import ResultsWriter
+    from facediag.edge.capture import EndOfStream
+    from facediag.edge.station.builder import build_station
+    from facediag.edge.station.status import process_age_s
 
     cfg = _config(args, work / "unthrottled.jsonl", 0.0)
     t0 = time.monotonic()
     started_wall = time.time()
-    bundle = load_bundle(cfg.engine.bundle)
-    front = make_front_end(cfg, bundle.contract)
-    engine, plan = select_engine(bundle, "onnxruntime", cfg.engine.precision, threads=cfg.engine.threads)
-    warm_up(engine, bundle.contract, cfg.screening.good_frames, bundle.num_classes)
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     frame_s: list[float] = []
-    writer = ResultsWriter(cfg.results.path)
-    pipeline = ScreeningPipeline(front, engine, bundle, cfg.screening.to_session_config(), precision=plan.precision,
-                                 on_result=writer.write, on_stage=lambda s, v: stages[s].append(v),
-                                 wall_of=lambda t: started_wall + t)
-    source = make_source(cfg.source.uri, loop=False, fps=0)
+    # The station's own parts; its capture thread is never started: frames are read here, one by one.
+    parts = build_station(cfg, stage_sinks=[lambda s, v: stages[s].append(v)], wall_of=lambda t: started_wall + t)
+    engine, plan, pipeline, source = parts.engine, parts.plan, parts.pipeline, parts.capture.source
     source.open()
     # Sessions run on the video's own clock (frame index / file rate): unthrottled replay is faster than
     # real time, and a person's 1.5 s absence must still end their session as it would on a camera.
@@ -131,9 +131,7 @@ def _unthrottled(args: argparse.Namespace, work: Path) -> dict:
             index += 1
             frame_s.append(perf() - a)
     finally:
-        source.close()
-        writer.close()
-        engine.close()
+        parts.close()
     wall, cpu = time.monotonic() - wall0, _cpu_s() - cpu0
     n = len(frame_s)
     total = sum(frame_s)
@@ -161,20 +159,22 @@ def _unthrottled(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def _paced(args: argparse.Namespace, work: Path, fps: float) -> dict:
+def _paced(args: argparse.Namespace, work: Path, fps: float) -> dict[str, Any]:
     """The daemon's Station (capture thread + latest-frame box) with the file replayed at ``fps``."""
     import time
 
-    from edge.daemon import Station
+    from facediag.edge.station.builder import build_station
+    from facediag.edge.station.station import Station
 
     cfg = _config(args, work / "paced.jsonl", fps)
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
-    station = Station(cfg, on_stage=lambda s, v: stages[s].append(v), env={}, install_signal_handlers=False)
     wall0, cpu0 = time.monotonic(), _cpu_s()
+    parts = build_station(cfg, stage_sinks=[lambda s, v: stages[s].append(v)])
+    station = Station(parts, env={}, install_signal_handlers=False)
     station.run()
     wall, cpu = time.monotonic() - wall0, _cpu_s() - cpu0
-    stats = station.supervisor.stats()
-    n = station.pipeline.counters.frames if station.pipeline else 0
+    stats = parts.capture.supervisor.stats()
+    n = parts.pipeline.counters.frames
     return {
         "mode": f"paced at {fps:g} fps",
         "frames": n,
@@ -185,12 +185,12 @@ def _paced(args: argparse.Namespace, work: Path, fps: float) -> dict:
         "cpu_ms_per_frame": round(1000.0 * cpu / n, 2) if n else None,
         "time_to_ready_s": None if station.ready_after_s is None else round(station.ready_after_s, 3),
         "stages": {s: _percentiles(v) for s, v in stages.items()},
-        "engine": f"{station.engine.backend} {station.plan.precision}",
-        "results": station.pipeline.counters.results if station.pipeline else 0,
+        "engine": f"{parts.engine.backend} {parts.plan.precision}",
+        "results": parts.pipeline.counters.results,
     }
 
 
-def _table(report: dict) -> str:
+def _table(report: dict[str, Any]) -> str:
     lines = [f"bench {report['video']} | bundle {report['bundle']} | detector {report['detector']} | "
              f"precision {report['precision']} | threads {report['threads'] or 'default'}"]
     for run in report["runs"]:
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from edge.errors import ConfigError
+    from facediag.edge.errors import ConfigError
 
     if not args.video.is_file():
         raise ConfigError(f"video {args.video} does not exist")

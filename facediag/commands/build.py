@@ -20,8 +20,13 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from facediag.commands._bundle_trust import add_trust_arguments
+    from facediag.edge import precision as precision_table
+
+    add_trust_arguments(parser)
     parser.add_argument("bundle", type=Path, nargs="?", help="model bundle folder (or give --config)")
-    parser.add_argument("--precision", default="fp16", help="fp32, fp16 or int8 (default fp16)")
+    parser.add_argument("--precision", default=precision_table.ENGINE_DEFAULT,
+                        help=f"{', '.join(precision_table.engine_choices())} (default {precision_table.ENGINE_DEFAULT})")
     parser.add_argument(
         "--config", type=Path, default=None,
         help="station.toml: take bundle and precision from [engine]; exits 0 without building when the station "
@@ -43,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from converters.tensorrt_build import build_engine
-    from edge.errors import ConfigError
+    from facediag.converters.tensorrt_build import build_engine
+    from facediag.edge.errors import ConfigError
 
     if args.config is not None:
         from facediag.commands._station_engine import plan_from_config
@@ -54,19 +59,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"nothing to build: {plan.reason}")
             return 0
         args.bundle, args.precision = plan.bundle, plan.precision
+        from facediag.commands._bundle_trust import check_trust
+
+        check_trust(args, args.bundle)  # before anything runs the bundle's model
         if _engine_is_current(args.bundle, args.precision):
             print(f"engine for {args.bundle} ({args.precision}) is current for this device: nothing to build")
             return 0
     if args.bundle is None:
         raise ConfigError("give a BUNDLE folder, or --config station.toml")
+    if args.config is None:
+        from facediag.commands._bundle_trust import check_trust
+
+        check_trust(args, args.bundle)  # unsigned / untrusted / re-hashed: refused before anything is built
     calibration = None
     if args.calibration is not None:
         if not args.legacy_calibrator:
             raise ConfigError(
                 "--calibration is only used with --legacy-calibrator; the int8 Q/DQ model already carries its scales"
             )
-        from converters.verify import load_inputs
-        from edge.bundle import load_bundle
+        from facediag.converters.verify import load_inputs
+        from facediag.edge.bundle import load_bundle
 
         calibration = load_inputs(args.calibration, load_bundle(args.bundle).contract)
     result = build_engine(
@@ -99,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _engine_is_current(bundle: Path, precision: str) -> bool:
     """Whether an engine built for this device from the bundle's model already exists (TensorRT needed)."""
-    from edge.bundle import load_bundle
-    from edge.engine.manifest import normalize_precision
-    from edge.engine.select import engine_is_current, probe_tensorrt_device
+    from facediag.edge.bundle import load_bundle
+    from facediag.edge.engine.manifest import normalize_precision
+    from facediag.edge.engine.select import engine_is_current, probe_tensorrt_device
 
     return engine_is_current(load_bundle(bundle), normalize_precision(precision), probe_tensorrt_device())

@@ -18,14 +18,16 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from facediag.commands._args import add_bundle_argument
     from facediag.commands.export import add_detector_arguments
 
-    parser.add_argument("bundle", type=Path, help="model bundle folder")
+    add_bundle_argument(parser)
     parser.add_argument("src", type=Path, help="folder of photos or crops (class sub-folders allowed); with --csv, the image folder")
     parser.add_argument("out", type=Path, help="calibration set folder to create")
     parser.add_argument("--count", type=int, default=300, help="number of images to take (default 300)")
     parser.add_argument("--csv", type=Path, default=None, help="labels: CSV with columns image,label[,split]")
-    parser.add_argument("--split", default=None, help="with --csv: only rows of this split (e.g. train)")
+    parser.add_argument("--split", default=None,
+                        help="with --csv: only rows whose split column holds this name (e.g. train, or calib)")
     parser.add_argument("--holdout", type=float, default=0.25, help="fraction held out from calibration for the gate (default 0.25)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     add_detector_arguments(parser)
@@ -35,15 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from calibration.calibration_set import build_calibration_set, list_sources
-    from edge.bundle import load_bundle
+    from facediag.calibration.calibration_set import build_calibration_set, list_sources
     from facediag.commands.export import make_cropper
+    from facediag.edge.bundle import load_bundle
+    from facediag.edge.photos import PhotoCropper
 
     bundle = load_bundle(args.bundle)
     sources = list_sources(args.src, args.csv, split=args.split)
+    cropper = make_cropper(args, bundle.contract)
+    assert isinstance(cropper, PhotoCropper)
     cset = build_calibration_set(
         bundle, sources, args.out, count=args.count, holdout=args.holdout, seed=args.seed,
-        cropper=make_cropper(args, bundle.contract), force=args.force,
+        cropper=cropper, force=args.force,
         progress=lambda it: tqdm(it, desc="calibration crops", unit="photo", total=len(sources)),
     )
     print(json.dumps({"out": str(args.out), "images": len(cset.items), "calibration": len(cset.calib_inputs),

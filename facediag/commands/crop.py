@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from edge.face.batch_crop import crop_folder
-    from edge.face.contract import PreprocessContract
     from facediag.commands._front_end_args import front_end_from_args
+    from facediag.edge.face.batch_crop import crop_folder
+    from facediag.edge.face.contract import PreprocessContract
 
     contract = PreprocessContract(template=args.template)
     front_end = front_end_from_args(args, contract)

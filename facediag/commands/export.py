@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 NAME = "export"
 HELP = "export a trained checkpoint to a model bundle (FP32 ONNX + bundle.json), checked against PyTorch"
@@ -37,34 +38,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--detector", choices=("mtcnn", "yunet"), default=None,
+    from facediag.edge.face.detector import DETECTORS
+
+    parser.add_argument("--detector", choices=DETECTORS.names(), default=None,
                         help="face detector for photos (default: yunet when --detector-model is given, else mtcnn)")
     parser.add_argument("--detector-model", type=Path, default=None, help="YuNet ONNX file")
     parser.add_argument("--aligned", choices=("auto", "yes", "no"), default="auto",
                         help="treat images as already-aligned crops: auto = when their size is the contract's crop size")
 
 
-def make_cropper(args: argparse.Namespace, contract: object) -> object:
-    from calibration.calibration_set import Cropper
+def make_cropper(args: argparse.Namespace, contract: Any) -> Any:
+    """The photo cropper the detector options ask for (a ``facediag.edge.photos.PhotoCropper``)."""
+    from facediag.calibration.calibration_set import Cropper
 
     detector = None
     if args.aligned != "yes":
-        from edge.face.detector import make_detector
+        from facediag.edge.face.detector import make_detector
 
         name = args.detector or ("yunet" if args.detector_model else "mtcnn")
         detector = make_detector(name, args.detector_model)
-    return Cropper(contract, detector, aligned=args.aligned)  # type: ignore[arg-type]
+    return Cropper(contract, detector, aligned=args.aligned)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from calibration.calibration_set import collect_inputs, list_sources, stratified_order
-    from converters.export import export_checkpoint
-    from edge.errors import ConfigError, FacediagError
-    from edge.face.contract import PreprocessContract
-    from training.checkpoint import read_meta
+    from facediag.calibration.calibration_set import collect_inputs, list_sources, stratified_order
+    from facediag.converters.export import export_checkpoint
+    from facediag.edge.errors import ConfigError, FacediagError
+    from facediag.edge.face.contract import PreprocessContract
+    from facediag.training.checkpoint import read_meta
 
     if args.count < 1:
         raise ConfigError("--count must be >= 1")
@@ -79,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
         raise FacediagError(f"no face found in any image under {args.images}: the parity check needs real faces")
     bundle = export_checkpoint(
         args.checkpoint, args.bundle, np.asarray(inputs), tolerance=args.tolerance, opset=args.opset,
-        force=args.force, parity_sources=[s.name for s, _, _ in taken], prelu="keep" if args.keep_prelu else "decompose",
+        force=args.force, parity_sources=[sha for _, sha, _ in taken], prelu="keep" if args.keep_prelu else "decompose",
         thresholds_report=args.thresholds,
     )
     gate = bundle.precisions["fp32"].gate
     print(json.dumps({"bundle": str(args.bundle), "classes": bundle.classes, "opset": bundle.extra["export"]["opset"],
-                      "parity_images": gate["images"], "max_abs_diff": gate["max_abs_diff"]}))
+                      "parity_images": gate["images"], "max_prob_diff": gate["max_prob_diff"]}))
     return 0

@@ -26,12 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from calibration.calibration_set import load_calibration_set
-    from converters.fp16 import convert_to_fp16
-    from converters.gate import gate_and_add
-    from edge.bundle import PRECISION_FILES, load_bundle
-    from edge.errors import ConfigError
+    from facediag.calibration.calibration_set import load_calibration_set
     from facediag.commands.quantize import gate_inputs
+    from facediag.converters.fp16 import convert_to_fp16
+    from facediag.converters.gate import gate_and_add
+    from facediag.edge import precision as precision_table
+    from facediag.edge.bundle import load_bundle
+    from facediag.edge.errors import ConfigError
 
     if args.calib is None and args.val is None:
         raise ConfigError("the FP16 accuracy gate needs real images: pass --calib SET (from `facediag calibrate`) and/or --val")
@@ -40,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
     images = load_calibration_set(args.calib, bundle).inputs if args.calib else np.zeros(
         (0, 3, bundle.contract.height, bundle.contract.width), np.float32)
     criteria, val = gate_inputs(args, bundle)
-    candidate = bundle.path / f".{PRECISION_FILES['fp16']}.candidate"
+    final = precision_table.file_name(NAME)  # the command is named after the precision it makes
+    candidate = bundle.path / f".{final}.candidate"
     try:
-        convert_to_fp16(bundle.model_path("fp32"), candidate)
+        convert_to_fp16(bundle.model_path(precision_table.REFERENCE), candidate)
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
     settings = {"tool": "onnxruntime.transformers.float16", "io": "float32", "kept_fp32": "reductions, L2 norm, softmax"}
-    result = gate_and_add(bundle, "fp16", candidate, images, criteria, val, settings=settings, threads=args.threads)
-    print(json.dumps({"precision": "fp16", "file": PRECISION_FILES["fp16"], "gate": result.to_dict()}))
+    result = gate_and_add(bundle, NAME, candidate, images, criteria, val, settings=settings, threads=args.threads)
+    print(json.dumps({"precision": NAME, "file": final, "gate": result.to_dict()}))
     return 0

@@ -26,14 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.models import KNOWN_MODELS, check_sha256, fetch_model
+    from facediag.edge.models import KNOWN_MODELS, check_sha256, fetch_model
 
     if args.models_action == "list":
         for spec in KNOWN_MODELS.values():
             print(f"{spec.name}\t{spec.filename}\t{spec.sha256}\t{spec.licence}")
         return 0
     if args.models_action == "check":
-        from edge.errors import ModelFileError
+        from facediag.edge.errors import ModelFileError
 
         if args.name not in KNOWN_MODELS:
             raise ModelFileError(f"unknown model {args.name!r}: known models are {', '.join(KNOWN_MODELS)}")

@@ -20,18 +20,15 @@ DESCRIPTION = (
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate's criteria, its labelled validation set and the detector that crops it (fp16, quantize)."""
+    from facediag.commands._args import add_gate_criteria_arguments
     from facediag.commands.export import add_detector_arguments
 
-    g = parser.add_argument_group("accuracy gate")
+    add_gate_criteria_arguments(parser, labels=True)
+    g = parser.add_argument_group("accuracy gate inputs")
     g.add_argument("--val", type=Path, default=None, help="labelled validation images: CSV (image,label[,split]) or class folders")
     g.add_argument("--val-images", type=Path, default=None, help="image folder for --val CSV paths (default: the CSV's folder)")
     g.add_argument("--val-split", default=None, help="with a --val CSV: only rows of this split (e.g. test)")
-    g.add_argument("--min-agreement", type=float, default=0.99, help="min top-1 agreement with FP32 (default 0.99)")
-    g.add_argument("--max-drop", type=float, default=1.0, help="max accuracy drop in points, with --val (default 1.0)")
-    g.add_argument("--max-prob-diff", type=float, default=None, help="max abs probability difference (default: report only)")
-    g.add_argument("--tie-margin", type=float, default=0.01,
-                   help="images where FP32's top-1 beats top-2 by less than this are left out of the agreement "
-                   "figure (a tie flips with any noise); default 0.01")
     g.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the gate (default: all cores)")
     add_detector_arguments(parser)
 
@@ -40,11 +37,12 @@ def gate_inputs(args: argparse.Namespace, bundle: Any) -> tuple[Any, Any]:
     """(criteria, LabelledInputs or None) from the gate options."""
     from tqdm import tqdm
 
-    from calibration.calibration_set import load_labelled_inputs
-    from converters.gate import GateCriteria, LabelledInputs
+    from facediag.calibration.calibration_set import load_labelled_inputs
+    from facediag.commands._args import gate_criteria_from_args
     from facediag.commands.export import make_cropper
+    from facediag.converters.gate import LabelledInputs
 
-    criteria = GateCriteria(args.min_agreement, args.max_drop, args.max_prob_diff, args.tie_margin)
+    criteria = gate_criteria_from_args(args)
     val = None
     if args.val is not None:
         inputs, labels, skipped = load_labelled_inputs(
@@ -56,9 +54,11 @@ def gate_inputs(args: argparse.Namespace, bundle: Any) -> tuple[Any, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from facediag.edge import precision as precision_table
+
     parser.add_argument("bundle", type=Path, help="model bundle folder")
     parser.add_argument("--calib", type=Path, default=None, help="calibration set made by `facediag calibrate` (required)")
-    parser.add_argument("--target", choices=("tensorrt", "cpu"), required=True,
+    parser.add_argument("--target", choices=precision_table.quantize_targets(), required=True,
                         help="tensorrt: S8/S8 symmetric (for `facediag build`); cpu: U8/S8 (fast in ONNX Runtime)")
     parser.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
                         help="range calibration method (default minmax)")
@@ -67,12 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibration.calibration_set import load_calibration_set
-    from calibration.readers import OrtCalibrationReader
-    from converters.gate import gate_and_add
-    from converters.quantize import QuantSettings, quantize_onnx
-    from edge.bundle import PRECISION_FILES, load_bundle
-    from edge.errors import ConfigError
+    from facediag.calibration.calibration_set import load_calibration_set
+    from facediag.calibration.readers import OrtCalibrationReader
+    from facediag.converters.gate import gate_and_add
+    from facediag.converters.quantize import QuantSettings, quantize_onnx
+    from facediag.edge import precision as precision_table
+    from facediag.edge.bundle import load_bundle
+    from facediag.edge.errors import ConfigError
 
     if args.calib is None:
         raise ConfigError(
@@ -83,19 +84,19 @@ def run(args: argparse.Namespace) -> int:
     cset = load_calibration_set(args.calib, bundle)
     settings = QuantSettings(args.target, per_channel=not args.no_per_channel, method=args.method)
     criteria, val = gate_inputs(args, bundle)
-    precision = f"int8-{args.target}"
-    candidate = bundle.path / f".{PRECISION_FILES[precision]}.candidate"
+    precision = precision_table.for_quantize_target(args.target)
+    candidate = bundle.path / f".{precision_table.file_name(precision)}.candidate"
     try:
         # ORT's histogram calibrators (entropy, percentile) need equal batches: the last partial one is dropped.
         histogram = settings.method != "minmax"
         batch = (8 if len(cset.calib_inputs) >= 8 else 1) if histogram else 16
         reader = OrtCalibrationReader(cset, batch_size=batch, drop_last=histogram)
-        quantize_onnx(bundle.model_path("fp32"), candidate, reader, settings)
+        quantize_onnx(bundle.model_path(precision_table.REFERENCE), candidate, reader, settings)
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
     gate_settings = {**settings.to_dict(), "calibration_set": str(args.calib), "calibration_images": len(cset.calib_inputs)}
     result = gate_and_add(bundle, precision, candidate, cset.holdout_inputs, criteria, val, target=args.target,
                           settings=gate_settings, threads=args.threads)
-    print(json.dumps({"precision": precision, "file": PRECISION_FILES[precision], "gate": result.to_dict()}))
+    print(json.dumps({"precision": precision, "file": precision_table.file_name(precision), "gate": result.to_dict()}))
     return 0

@@ -26,11 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.config import load_config
+    from facediag.edge.config import load_config
 
     if args.print_config:
         print(json.dumps(load_config(args.config).to_dict(), indent=2))
         return 0
-    from edge.daemon import run_station
+    from facediag.edge.platform_checks import enforce_platform
 
-    return run_station(args.config)
+    enforce_platform(load_config(args.config).source.uri)  # pip OpenCV shadowing JetPack's, numpy 2 vs system cv2
+    from facediag.edge.daemon import run_station
+    from facediag.edge.errors import BundleError, ConfigError, ModelFileError
+
+    try:
+        return run_station(args.config)
+    except (BundleError, ModelFileError) as exc:
+        # the configured bundle or model is unusable: a restart cannot fix it, so exit 78 (RestartPreventExitStatus)
+        raise ConfigError(str(exc)) from exc

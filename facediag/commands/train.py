@@ -20,17 +20,24 @@ front-end (detector -> alignment with the backbone's contract); photos with no
 face are skipped and counted. Crops are cached (--cache).
 
 Strategies (from Jin et al., IEEE Access 2020):
-  dtl2     frozen backbone features + linear SVM, folded into one linear layer (default; the study's best)
-  dtl1     new last layer + fine-tuning, SGD lr 5e-5 momentum 0.9 weight decay 5e-4, early stopping
-           (--unfreeze N also trains the last N backbone blocks)
-  scratch  the same architecture from random weights, trained end to end
-  dsift    dense SIFT + bag of words + linear SVM (classical baseline; no backbone)
+{strategies}
+
+Backbones (--backbone):
+{backbones}
 
 Example (the proxy benchmark):
   facediag train --csv ../shared/fixtures/faces/celeba/proxy_dsf_split.csv \\
       --images ../shared/fixtures/faces/celeba --backbone mobilefacenet \\
       --weights ../shared/fixtures/models/mobilefacenet_112x96_casia.ckpt --strategy dtl2 --out runs/mfn-dtl2
 """
+
+
+def description() -> str:
+    """DESCRIPTION with the registered strategies and backbones filled in (one line each)."""
+    from facediag.training.backbones import BACKBONES
+    from facediag.training.strategies import STRATEGIES
+
+    return DESCRIPTION.format(strategies=STRATEGIES.help_text(), backbones=BACKBONES.help_text())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--healthy", metavar="CLASS", help='the healthy class (default: "healthy" when present)')
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of train held out when there is no val split (default 0.2)")
 
+    from facediag.training.backbones import BACKBONES
+    from facediag.training.strategies import CALIBRATIONS, STRATEGIES
+
+    parser.description = description()
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default="facenet", help="facenet (default; offline weights), mobilefacenet, iresnet50, iresnet100, vggface, vgg16")
+    model.add_argument("--backbone", choices=BACKBONES.names(), default="facenet", metavar="NAME",
+                       help=f"backbone to transfer from: {', '.join(BACKBONES.names())} (default facenet: offline "
+                       "weights; see the list above)")
     model.add_argument("--weights", type=Path, metavar="PATH", help="backbone weights file (needed by all but facenet)")
-    model.add_argument("--strategy", choices=("dtl2", "dtl1", "scratch", "dsift"), default="dtl2", help="training strategy (default dtl2)")
-    model.add_argument("--calibration", choices=("temperature", "platt", "none"), default="temperature",
+    model.add_argument("--strategy", choices=STRATEGIES.names(), default="dtl2",
+                       help="training strategy (default dtl2; see the list above)")
+    model.add_argument("--calibration", choices=CALIBRATIONS, default="temperature",
                        help="probability calibration fitted on val (platt: two classes only; default temperature)")
 
     hp = parser.add_argument_group("hyperparameters (default: the strategy's own)")
@@ -78,9 +92,9 @@ def _fmt(v: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.errors import ConfigError
-    from training.crop_cache import DEFAULT_CACHE
-    from training.train import TrainConfig, run_training
+    from facediag.edge.errors import ConfigError
+    from facediag.training.crop_cache import DEFAULT_CACHE
+    from facediag.training.train import TrainConfig, run_training
 
     if args.data is None and args.csv is None:
         raise ConfigError("give the photos: --data DIR (class sub-folders) or --csv CSV --images DIR")

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import FacediagError, ModelFileError
-from edge.hashing import sha256_file
+from facediag.edge.atomicio import atomic_write_text
+from facediag.edge.errors import FacediagError, ModelFileError
+from facediag.edge.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,15 @@ def load_head() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def _stamp(meta: dict[str, Any]) -> dict[str, str]:
-    from facediag import __version__
+    from facediag.edge.version import __version__
 
     return {"head_sha256": meta["weights_sha256"], "facediag": __version__}
 
 
 def cached_bundle(work: Path) -> Path | None:
     """The bundle in ``work`` when it was built from this head and version and still verifies."""
-    from edge.bundle import load_bundle
-    from edge.errors import BundleError
+    from facediag.edge.bundle import load_bundle
+    from facediag.edge.errors import BundleError
 
     stamp_path = work / STAMP
     if not stamp_path.is_file():
@@ -69,9 +70,9 @@ def cached_bundle(work: Path) -> Path | None:
 
 def face_inputs(frames: list[np.ndarray], contract: Any, count: int = 8) -> np.ndarray:
     """Real aligned crops of the clip's faces (for the exporter's parity check)."""
-    from edge.face.contract import crops_to_input
-    from edge.face.mtcnn import MTCNNDetector
-    from edge.face.pipeline import FaceFrontEnd
+    from facediag.edge.face.contract import crops_to_input
+    from facediag.edge.face.mtcnn import MTCNNDetector
+    from facediag.edge.face.pipeline import FaceFrontEnd
 
     front = FaceFrontEnd(MTCNNDetector(), contract)
     crops = []
@@ -90,7 +91,7 @@ def face_inputs(frames: list[np.ndarray], contract: Any, count: int = 8) -> np.n
 def build_bundle(work: Path, frames: list[np.ndarray]) -> Path:
     """Convert FaceNet (cached by the backbone module), attach the head, export and check; returns the bundle."""
     from facediag.demo.bundle import build_head_bundle
-    from training.backbones import get_backbone
+    from facediag.training.backbones import get_backbone
 
     meta, head = load_head()
     backbone = get_backbone(meta["backbone"])
@@ -105,5 +106,5 @@ def build_bundle(work: Path, frames: list[np.ndarray]) -> Path:
     import shutil
 
     shutil.rmtree(work / "checkpoint", ignore_errors=True)
-    (work / STAMP).write_text(json.dumps(_stamp(meta)) + "\n", encoding="utf-8")
+    atomic_write_text(work / STAMP, json.dumps(_stamp(meta)) + "\n")  # the stamp says "this bundle is whole"
     return Path(bundle.path)

@@ -4,7 +4,7 @@ Why a head "as numbers": a DTL2 model is a frozen face-recognition backbone plus
 ``Linear`` layer (the linear SVM folded into it) and a temperature. Only those few
 numbers are specific to a task, so the demo ships them (a few KB) and rebuilds the
 rest on the user's machine: the backbone from its offline weights, then
-``training.checkpoint.save_checkpoint`` and ``converters.export.export_checkpoint``
+``facediag.training.checkpoint.save_checkpoint`` and ``facediag.converters.export.export_checkpoint``
 exactly as ``facediag train`` / ``facediag export`` would.
 """
 
@@ -37,15 +37,15 @@ def build_head_bundle(
 ) -> Any:
     """Write a checkpoint (``out_dir``/checkpoint) and export it to a bundle (``out_dir``/bundle).
 
-    ``backbone``: a ``training.backbones.get_backbone`` module; ``weight`` (C, D) and ``bias`` (C,)
+    ``backbone``: a ``facediag.training.backbones.get_backbone`` module; ``weight`` (C, D) and ``bias`` (C,)
     the head; ``parity_inputs``: real ``crops_to_input`` tensors for the exporter's parity check.
-    Returns the loaded ``edge.bundle.Bundle``.
+    Returns the loaded ``facediag.edge.bundle.Bundle``.
     """
     import torch
 
-    from converters.export import export_checkpoint
-    from training.checkpoint import save_checkpoint
-    from training.classifier import FaceClassifier
+    from facediag.converters.export import export_checkpoint
+    from facediag.training.checkpoint import save_checkpoint
+    from facediag.training.classifier import FaceClassifier
 
     weight = np.asarray(weight, dtype=np.float32)
     bias = np.asarray(bias, dtype=np.float32)

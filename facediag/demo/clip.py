@@ -19,7 +19,7 @@ def astronaut_bgr() -> np.ndarray:
     """NASA's portrait of Eileen Collins as shipped with scikit-image (public domain), BGR uint8."""
     from skimage import data
 
-    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])  # type: ignore[no-untyped-call]
 
 
 def _view(image: np.ndarray, centre: tuple[float, float], height: float, size: tuple[int, int]) -> np.ndarray:
@@ -74,11 +74,11 @@ def write_clip(path: str | Path, frames: list[np.ndarray], fps: float = 15.0) ->
     """Write ``frames`` as an MJPG .avi at ``fps``."""
     import cv2
 
-    from edge.errors import FacediagError
+    from facediag.edge.errors import FacediagError
 
     path = Path(path)
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise FacediagError(f"OpenCV cannot write an MJPG video to {path}; check the folder is writable")
     try:

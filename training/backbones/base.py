@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge.face.contract import PreprocessContract
+from facediag.edge.face.contract import PreprocessContract
 
 
 class ContractScaling(nn.Module):

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge.face.contract import PreprocessContract
-from training.backbones.base import ContractScaling
+from facediag.edge.face.contract import PreprocessContract
+from facediag.training.backbones.base import ContractScaling
 
 CONTRACT = PreprocessContract(
     template="arcface_112x112", colour_order="RGB", scaling="mean_std", mean=(127.5,) * 3, std=(127.5,) * 3

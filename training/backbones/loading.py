@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge.errors import ModelFileError
+from facediag.edge.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge.face.contract import PreprocessContract
-from training.backbones.base import ContractScaling
+from facediag.edge.face.contract import PreprocessContract
+from facediag.training.backbones.base import ContractScaling
 
 CONTRACT = PreprocessContract(
     template="sphereface_112x96", colour_order="RGB", scaling="mean_std", mean=(127.5,) * 3, std=(128.0,) * 3
@@ -127,5 +127,5 @@ class MobileFaceNet(nn.Module):
 
 
 def build_mobilefacenet() -> MobileFaceNet:
-    """A freshly initialised MobileFaceNet (load weights with ``training.backbones.loading``)."""
+    """A freshly initialised MobileFaceNet (load weights with ``facediag.training.backbones.loading``)."""
     return MobileFaceNet()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ModelFileError
+from facediag.edge.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge.face.contract import PreprocessContract
-from training.backbones.base import ContractScaling
+from facediag.edge.face.contract import PreprocessContract
+from facediag.training.backbones.base import ContractScaling
 
 VGGFACE_CONTRACT = PreprocessContract(
     template="vggface_224x224",

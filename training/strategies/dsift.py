@@ -33,8 +33,24 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ModelFileError
-from edge.face.contract import PreprocessContract
+from facediag.edge.errors import ModelFileError
+from facediag.edge.face.contract import PreprocessContract
+from facediag.training.strategies import (
+    STRATEGIES,
+    FittedModel,
+    LoadedCheckpoint,
+    SplitData,
+    StrategyInput,
+    StrategySpec,
+)
+from facediag.training.strategies.dsift_features import (  # noqa: F401 - re-exported
+    SIFT_DIM,
+    GridParams,
+    bow_features,
+    dense_descriptors,
+    encode,
+    nearest_word,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,149 +58,11 @@ NPZ_NAME = "dsift.npz"
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_FORMAT = "facediag-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-SIFT_DIM = 128
-
-
-@dataclass(frozen=True)
-class GridParams:
-    """Where descriptors are taken: working image size, grid step, patch sizes, pyramid grid sizes."""
-
-    image_size: tuple[int, int] = (64, 64)  # (height, width) every crop is resized to
-    step: int = 4
-    patch_sizes: tuple[int, ...] = (8, 16)
-    pyramid: tuple[int, ...] = (1, 2)
-
-    def __post_init__(self) -> None:
-        h, w = self.image_size
-        if min(h, w) < 16 or self.step < 1 or not self.patch_sizes or not self.pyramid:
-            raise ValueError(f"bad dense-SIFT grid: {self}")
-        if max(self.patch_sizes) >= min(h, w):
-            raise ValueError(f"patch sizes {self.patch_sizes} must be smaller than the image {self.image_size}")
-
-    def keypoints_xy(self) -> np.ndarray:
-        """(K, 3) float32 rows of (x, y, patch size): the fixed keypoints, each patch fully inside the image."""
-        h, w = self.image_size
-        rows = []
-        for size in self.patch_sizes:
-            half = size / 2.0
-            xs = np.arange(half, w - half + 1e-6, self.step)
-            ys = np.arange(half, h - half + 1e-6, self.step)
-            gx, gy = np.meshgrid(xs, ys)
-            rows.append(np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, float(size))], axis=1))
-        return np.concatenate(rows).astype(np.float32)
-
-    def cell_index(self) -> np.ndarray:
-        """(L, K) int: for each pyramid level, the cell (row-major in a g x g grid) that each keypoint falls in."""
-        h, w = self.image_size
-        kp = self.keypoints_xy()
-        out = []
-        for g in self.pyramid:
-            cx = np.minimum((kp[:, 0] * g / w).astype(np.int64), g - 1)
-            cy = np.minimum((kp[:, 1] * g / h).astype(np.int64), g - 1)
-            out.append(cy * g + cx)
-        return np.stack(out)
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "grid_image_size": np.asarray(self.image_size, dtype=np.int64),
-            "grid_step": np.asarray(self.step, dtype=np.int64),
-            "grid_patch_sizes": np.asarray(self.patch_sizes, dtype=np.int64),
-            "grid_pyramid": np.asarray(self.pyramid, dtype=np.int64),
-        }
-
-    @classmethod
-    def from_arrays(cls, data: Any) -> GridParams:
-        return cls(
-            image_size=tuple(int(v) for v in data["grid_image_size"]),  # type: ignore[arg-type]
-            step=int(data["grid_step"]),
-            patch_sizes=tuple(int(v) for v in data["grid_patch_sizes"]),
-            pyramid=tuple(int(v) for v in data["grid_pyramid"]),
-        )
-
-
-def _to_grey(crops: np.ndarray | list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
-    import cv2
-
-    out = []
-    for i, img in enumerate(crops):
-        img = np.asarray(img)
-        if img.dtype != np.uint8:
-            raise ValueError(f"crop {i} is {img.dtype}: dense SIFT needs uint8 crops")
-        if img.ndim == 3 and img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        elif img.ndim != 2:
-            raise ValueError(f"crop {i} has shape {img.shape}: expected (H, W, 3) BGR or (H, W) grey")
-        h, w = size
-        if img.shape != (h, w):
-            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
-            img = cv2.resize(img, (w, h), interpolation=interp)
-        out.append(img)
-    return out
-
-
-def dense_descriptors(crops: np.ndarray | list[np.ndarray], grid: GridParams) -> np.ndarray:
-    """(N, K, 128) float32 RootSIFT descriptors at the grid's fixed keypoints."""
-    import cv2
-
-    kp_arr = grid.keypoints_xy()
-    keypoints = [cv2.KeyPoint(float(x), float(y), float(s)) for x, y, s in kp_arr]
-    sift = cv2.SIFT_create()  # type: ignore[attr-defined]
-    greys = _to_grey(crops, grid.image_size)
-    out = np.empty((len(greys), len(keypoints), SIFT_DIM), dtype=np.float32)
-    for i, img in enumerate(greys):
-        kps, desc = sift.compute(img, keypoints)
-        if desc is None or len(kps) != len(keypoints):
-            # compute() drops keypoints it cannot describe; the grid keeps every patch inside, so this is a bug.
-            raise RuntimeError(f"SIFT returned {0 if desc is None else len(kps)} of {len(keypoints)} descriptors")
-        out[i] = desc
-    # RootSIFT: Hellinger kernel on descriptors becomes Euclidean distance.
-    out /= np.maximum(out.sum(axis=2, keepdims=True), 1e-7)
-    np.sqrt(out, out=out)
-    return out
-
-
-def nearest_word(desc: np.ndarray, vocabulary: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Index of the nearest vocabulary row (Euclidean) for each descriptor row."""
-    voc = vocabulary.astype(np.float32)
-    voc_sq = (voc**2).sum(axis=1)
-    out = np.empty(desc.shape[0], dtype=np.int64)
-    for start in range(0, desc.shape[0], chunk):
-        d = desc[start:start + chunk].astype(np.float32)
-        # ||d||^2 is the same for every word, so it does not change the argmin.
-        dist = voc_sq[None, :] - 2.0 * d @ voc.T
-        out[start:start + chunk] = dist.argmin(axis=1)
-    return out
-
-
-def encode(desc: np.ndarray, vocabulary: np.ndarray, grid: GridParams) -> np.ndarray:
-    """(N, K, 128) descriptors -> (N, sum(g*g) * V) pyramid Hellinger histograms, L2-normalised."""
-    n, k, _ = desc.shape
-    v = vocabulary.shape[0]
-    words = nearest_word(desc.reshape(n * k, -1), vocabulary).reshape(n, k)
-    cells = grid.cell_index()
-    parts = []
-    for level, g in enumerate(grid.pyramid):
-        idx = cells[level][None, :] * v + words  # (N, K) bin index within this level
-        flat = idx + (np.arange(n)[:, None] * g * g * v)
-        hist = np.bincount(flat.ravel(), minlength=n * g * g * v).reshape(n, g * g * v).astype(np.float64)
-        parts.append(hist / float(k))  # every level sums to 1 per image
-    feats = np.sqrt(np.concatenate(parts, axis=1))
-    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-    return feats
-
-
-def bow_features(
-    crops: np.ndarray | list[np.ndarray], vocabulary: np.ndarray, grid: GridParams, chunk: int = 256
-) -> np.ndarray:
-    """Crops -> pyramid histograms, ``chunk`` crops at a time (descriptors of a whole set would not fit in memory)."""
-    n_cells = sum(g * g for g in grid.pyramid)
-    parts = [encode(dense_descriptors(crops[s : s + chunk], grid), vocabulary, grid) for s in range(0, len(crops), chunk)]
-    return np.concatenate(parts) if parts else np.zeros((0, n_cells * vocabulary.shape[0]))
 
 
 def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(scores / temperature) per row (the shared definition in training.calibrate_probs)."""
-    from training.calibrate_probs import softmax as _softmax
+    """softmax(scores / temperature) per row (the shared definition in facediag.training.calibrate_probs)."""
+    from facediag.training.calibrate_probs import softmax as _softmax
 
     return _softmax(np.asarray(scores, dtype=np.float64) / float(temperature))
 
@@ -223,7 +101,7 @@ class DsiftModel:
         return self.predict_proba(crops).argmax(axis=1)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        from training.checkpoint import package_versions
+        from facediag.training.checkpoint import package_versions
 
         versions = package_versions()
         return {
@@ -245,7 +123,8 @@ class DsiftModel:
 
     def save(self, directory: str | Path) -> Path:
         """Write dsift.npz (arrays only, loadable without pickle) and checkpoint.json into ``directory``."""
-        from training.report import json_safe
+        from facediag.edge.atomicio import atomic_write_bytes, atomic_writer
+        from facediag.training.report import json_safe
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -255,13 +134,10 @@ class DsiftModel:
             "intercept": self.intercept.astype(np.float64),
             **self.grid.to_arrays(),
         }
-        tmp = out / (NPZ_NAME + ".tmp.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(out / NPZ_NAME)
-        meta_tmp = out / (CHECKPOINT_JSON + ".tmp")
+        with atomic_writer(out / NPZ_NAME) as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         meta = json_safe(self.checkpoint_meta())  # strict JSON: a NaN metric becomes null
-        meta_tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        meta_tmp.replace(out / CHECKPOINT_JSON)
+        atomic_write_bytes(out / CHECKPOINT_JSON, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode("utf-8"))
         log.info("saved dense-SIFT checkpoint to %s", out)
         return out
 
@@ -341,7 +217,7 @@ def _fit_vocabulary(
     """k-means words from at most ``max_descriptors`` descriptors, drawn (seeded) from a random subset of crops."""
     from sklearn.cluster import MiniBatchKMeans
 
-    from training.seeding import numpy_rng
+    from facediag.training.seeding import numpy_rng
 
     rng = numpy_rng(seed, stream=11)
     per_crop = len(grid.keypoints_xy())
@@ -400,6 +276,20 @@ def _oof_scores(
     return out
 
 
+def _checked_labels(train_crops: np.ndarray, train_labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The training labels as int64; ValueError unless they match the crops and span at least two classes."""
+    labels = np.asarray(train_labels, dtype=np.int64)
+    if len(train_crops) != len(labels):
+        raise ValueError(f"{len(train_crops)} crops but {len(labels)} labels")
+    if len(classes) < 2:
+        raise ValueError("need at least two classes")
+    if labels.size == 0 or labels.min() < 0 or labels.max() >= len(classes):
+        raise ValueError(f"labels must be in 0..{len(classes) - 1}")
+    if len(np.unique(labels)) < 2:
+        raise ValueError("the training labels hold only one class")
+    return labels
+
+
 def train_dsift(
     train_crops: np.ndarray,
     train_labels: np.ndarray,
@@ -423,24 +313,16 @@ def train_dsift(
     C: ``svm_c`` when given, else the value of ``c_grid`` with the best
     ``folds``-fold cross-validated accuracy on the training crops (ties go to the
     smaller C, the simpler model). Temperature: fitted (minimum NLL,
-    ``training.calibrate_probs.fit_temperature``) on ``val_crops``/``val_labels``
+    ``facediag.training.calibrate_probs.fit_temperature``) on ``val_crops``/``val_labels``
     when given, else on the out-of-fold scores of the training crops. The
     validation crops never choose C, so the temperature is fitted on data the
     model has not been tuned on. Unknown keyword arguments are ignored (logged).
     """
-    from training.calibrate_probs import fit_temperature
+    from facediag.training.calibrate_probs import fit_temperature
 
     if _ignored:
         log.debug("train_dsift ignores %s", ", ".join(sorted(_ignored)))
-    labels = np.asarray(train_labels, dtype=np.int64)
-    if len(train_crops) != len(labels):
-        raise ValueError(f"{len(train_crops)} crops but {len(labels)} labels")
-    if len(classes) < 2:
-        raise ValueError("need at least two classes")
-    if labels.size == 0 or labels.min() < 0 or labels.max() >= len(classes):
-        raise ValueError(f"labels must be in 0..{len(classes) - 1}")
-    if len(np.unique(labels)) < 2:
-        raise ValueError("the training labels hold only one class")
+    labels = _checked_labels(train_crops, train_labels, classes)
     grid = grid or GridParams()
     log.info("dense SIFT on %d training crops (%d keypoints each)", len(labels), len(grid.keypoints_xy()))
     vocabulary = _fit_vocabulary(train_crops, grid, vocab_size, seed, max_vocab_descriptors)
@@ -453,8 +335,7 @@ def train_dsift(
     coef, intercept = _fit_svm(feats, labels, len(classes), best_c, seed)
     if val_crops is not None and val_labels is not None and len(val_crops) > 0:
         val_scores = bow_features(val_crops, vocabulary, grid) @ coef.T + intercept
-        temperature = fit_temperature(val_scores, np.asarray(val_labels, dtype=np.int64))
-        calib_on = "val"
+        temperature, calib_on = fit_temperature(val_scores, np.asarray(val_labels, dtype=np.int64)), "val"
     else:
         temperature = fit_temperature(oof[best_c], labels)
         calib_on = f"{folds}-fold out-of-fold training scores"
@@ -482,3 +363,77 @@ def train_dsift(
         },
         metrics={"train_top1": train_acc, "cv_top1": cv_acc[best_c], "n_train": int(len(labels))},
     )
+
+
+# --- the strategy interface (facediag.training.strategies.Strategy) ---------------------------------
+
+DSIFT_CONTRACT = PreprocessContract("arcface_112x112", colour_order="BGR")
+
+
+class DsiftFit(FittedModel):
+    """A trained DsiftModel; saved as dsift.npz + checkpoint.json (``DsiftModel.save``)."""
+
+    def save(self, out: Path, run_meta: dict[str, Any]) -> None:
+        model: DsiftModel = self.model
+        model.metrics = run_meta["metrics"]
+        model.hyperparameters = {**model.hyperparameters, "data": run_meta["data"]}
+        model.save(out)
+
+
+@dataclass
+class DsiftStrategy:
+    """Dense SIFT behind the common strategy interface: no backbone, its own contract and checkpoint format.
+
+    The probability temperature is always fitted by ``train_dsift`` (on val, or on out-of-fold
+    training scores), so ``--calibration`` does not apply.
+    """
+
+    spec: StrategySpec
+
+    def contract(self, backbone: str) -> PreprocessContract:
+        return DSIFT_CONTRACT
+
+    def weights_info(self, backbone: str, weights: Path | None) -> dict[str, Any]:
+        return {"kind": "none (handcrafted features)", "path": None, "sha256": None}
+
+    def fit(self, inp: StrategyInput, splits: dict[str, SplitData], calibration: str) -> FittedModel:
+        if calibration != "temperature":
+            log.info("dense SIFT fits its own temperature; --calibration %s does not apply", calibration)
+        svm_c = inp.hyperparameters.get("svm_c")
+        kwargs = {} if svm_c is None else {"svm_c": svm_c}
+        model = train_dsift(
+            inp.train.crops, inp.train.labels, inp.classes, inp.seed, val_crops=inp.val.crops,
+            val_labels=inp.val.labels, healthy_class=inp.healthy_class, contract=inp.contract, **kwargs,
+        )
+        scores = {}
+        for sp, data in splits.items():
+            if len(data.labels) == 0:
+                continue
+            raw = model.decision_function(data.crops)
+            scores[sp] = (raw, raw / float(model.temperature))
+        return DsiftFit(
+            model=model, backbone=self.spec.name, hyperparameters=dict(model.hyperparameters), scores=scores,
+            base_metrics=dict(model.metrics),
+        )
+
+    def load(self, ckpt_dir: Path, threads: int = 2) -> LoadedCheckpoint:
+        from facediag.training.checkpoint import read_meta
+
+        model = load_dsift(ckpt_dir)
+        return LoadedCheckpoint(
+            path=Path(ckpt_dir), meta=read_meta(ckpt_dir), contract=model.contract, model=model,
+            predict_proba=model.predict_proba,
+        )
+
+
+STRATEGIES.register(
+    StrategySpec(
+        name="dsift",
+        summary="dense SIFT + bag of words + linear SVM (classical baseline; no backbone)",
+        factory=DsiftStrategy,
+        options=("svm_c",),
+        uses_backbone=False,
+        pretrained=False,
+        torch_checkpoint=False,
+    )
+)

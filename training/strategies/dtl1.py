@@ -27,11 +27,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from training.strategies import StrategyInput, StrategyResult, batched
+from facediag.training.strategies import STRATEGIES, StrategyInput, StrategyResult, StrategySpec, batched
+from facediag.training.strategies.neural import neural_strategy
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,11 @@ DEFAULTS: dict[str, Any] = {
 def _hparams(inp: StrategyInput, defaults: dict[str, Any]) -> dict[str, Any]:
     hp = {k: inp.hp(k, v) for k, v in defaults.items()}
     if hp["epochs"] < 1 or hp["batch_size"] < 1 or hp["patience"] < 1:
-        from edge.errors import ConfigError
+        from facediag.edge.errors import ConfigError
 
         raise ConfigError("--epochs, --batch-size and --patience must be >= 1")
     if not hp["lr"] > 0:
-        from edge.errors import ConfigError
+        from facediag.edge.errors import ConfigError
 
         raise ConfigError(f"--lr must be > 0, got {hp['lr']}")
     return hp
@@ -112,21 +114,15 @@ def refresh_batchnorm(model, scope, x: Any, batch_size: int) -> int:
     return len(bns)
 
 
-def fit_sgd(model, inp: StrategyInput, hp: dict[str, Any], unfreeze: int | None) -> dict[str, Any]:
-    """Train ``model`` (a FaceClassifier) in place; ``unfreeze=None`` trains every layer. Returns history."""
+def _logit_fns(model, inp: StrategyInput, head_only: bool) -> tuple[Callable, Callable, Any]:
+    """(train_logits(idx, flip), val_logits(), training inputs or None) for the two ways of training.
+
+    Head only: the fixed backbone's embeddings of every crop and its mirror image, computed once.
+    Otherwise: the preprocessed crops, run through the whole network at every step.
+    """
     import torch
-    import torch.nn.functional as F
 
-    from edge.face.contract import crops_to_input
-    from training.classifier import freeze_backbone
-    from training.seeding import torch_generator
-
-    gen = torch_generator(inp.seed)
-    blocks = freeze_backbone(model, unfreeze)
-    head_only = unfreeze == 0
-    y_tr = torch.from_numpy(inp.train.labels.astype(np.int64))
-    y_va = torch.from_numpy(inp.val.labels.astype(np.int64))
-    bs = int(hp["batch_size"])
+    from facediag.edge.face.contract import crops_to_input
 
     if head_only:
         model.eval()
@@ -137,59 +133,93 @@ def fit_sgd(model, inp: StrategyInput, hp: dict[str, Any], unfreeze: int | None)
         )
         f_va = torch.from_numpy(batched(model.embed, inp.val.crops, inp.contract, 64))
 
-        def train_logits(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        def head_train_logits(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
             f = torch.where(flip[:, None], f_fl[idx], f_tr[idx])
             return model.head(f)
 
-        def val_logits() -> torch.Tensor:
+        def head_val_logits() -> torch.Tensor:
             with torch.no_grad():
                 return model.head(f_va)
-    else:
-        x_tr_all = torch.from_numpy(crops_to_input(inp.train.crops, inp.contract))
-        x_va_all = torch.from_numpy(crops_to_input(inp.val.crops, inp.contract)) if len(inp.val) else None
 
-        def train_logits(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-            x = x_tr_all[idx]
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            return model.logits(x)
+        return head_train_logits, head_val_logits, None
 
-        def val_logits() -> torch.Tensor:
-            model.eval()
-            with torch.no_grad():
-                return torch.cat([model.logits(x_va_all[s : s + 64]) for s in range(0, len(x_va_all), 64)])
+    x_tr_all = torch.from_numpy(crops_to_input(inp.train.crops, inp.contract))
+    x_va_all = torch.from_numpy(crops_to_input(inp.val.crops, inp.contract)) if len(inp.val) else None
+
+    def train_logits(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        x = x_tr_all[idx]
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return model.logits(x)
+
+    def val_logits() -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            assert x_va_all is not None  # only called when there is a val split
+            return torch.cat([model.logits(x_va_all[s : s + 64]) for s in range(0, len(x_va_all), 64)])
+
+    return train_logits, val_logits, x_tr_all
+
+
+def _sgd_epoch(opt, train_logits: Callable, y_tr, gen, bs: int, head_only: bool) -> float:
+    """One pass over the shuffled training set (random mirror flips); the mean training loss."""
+    import torch
+    import torch.nn.functional as F
+
+    order = torch.randperm(len(y_tr), generator=gen)
+    flips = torch.rand(len(y_tr), generator=gen) < 0.5
+    total, n = 0.0, 0
+    for s in range(0, len(order), bs):
+        idx = order[s : s + bs]
+        if len(idx) < 2 and not head_only:
+            continue  # batch norm cannot train on one sample
+        loss = F.cross_entropy(train_logits(idx, flips[idx]), y_tr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        n += len(idx)
+    return total / max(n, 1)
+
+
+def _validate(val_logits: Callable, y_va, train_loss: float) -> tuple[float, float]:
+    """(validation loss, accuracy); without validation crops, (training loss, nan)."""
+    import torch.nn.functional as F
+
+    if len(y_va):
+        zv = val_logits()
+        return float(F.cross_entropy(zv, y_va)), float((zv.argmax(1) == y_va).float().mean())
+    return train_loss, float("nan")
+
+
+def fit_sgd(model, inp: StrategyInput, hp: dict[str, Any], unfreeze: int | None) -> dict[str, Any]:
+    """Train ``model`` (a FaceClassifier) in place; ``unfreeze=None`` trains every layer. Returns history."""
+    import torch
+
+    from facediag.training.classifier import freeze_backbone
+    from facediag.training.seeding import torch_generator
+
+    gen = torch_generator(inp.seed)
+    blocks = freeze_backbone(model, unfreeze)
+    head_only = unfreeze == 0
+    y_tr = torch.from_numpy(inp.train.labels.astype(np.int64))
+    y_va = torch.from_numpy(inp.val.labels.astype(np.int64))
+    bs = int(hp["batch_size"])
+    train_logits, val_logits, x_tr_all = _logit_fns(model, inp, head_only)
 
     opt = _optimizer(model, hp)
     best_loss, best_state, best_epoch, bad = math.inf, None, 0, 0
-    history: dict[str, list] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
     from tqdm import tqdm
 
     bar = tqdm(range(1, int(hp["epochs"]) + 1), desc="epochs", unit="epoch", disable=not inp.progress, leave=False)
     for epoch in bar:
         if not head_only:
             _set_modes(model, blocks, train_all=unfreeze is None)
-        order = torch.randperm(len(y_tr), generator=gen)
-        flips = torch.rand(len(y_tr), generator=gen) < 0.5
-        total, n = 0.0, 0
-        for s in range(0, len(order), bs):
-            idx = order[s : s + bs]
-            if len(idx) < 2 and not head_only:
-                continue  # batch norm cannot train on one sample
-            loss = F.cross_entropy(train_logits(idx, flips[idx]), y_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
-        history["train_loss"].append(total / max(n, 1))
+        history["train_loss"].append(_sgd_epoch(opt, train_logits, y_tr, gen, bs, head_only))
         if not head_only:
             scope = model.backbone if unfreeze is None else torch.nn.ModuleList(blocks)
             refresh_batchnorm(model, scope, x_tr_all, bs)
-        if len(y_va):
-            zv = val_logits()
-            vloss = float(F.cross_entropy(zv, y_va))
-            vacc = float((zv.argmax(1) == y_va).float().mean())
-        else:
-            vloss, vacc = history["train_loss"][-1], float("nan")
+        vloss, vacc = _validate(val_logits, y_va, history["train_loss"][-1])
         history["val_loss"].append(vloss)
         history["val_accuracy"].append(vacc)
         bar.set_postfix(train_loss=f"{history['train_loss'][-1]:.3f}", val_loss=f"{vloss:.3f}")
@@ -213,11 +243,11 @@ def fit_sgd(model, inp: StrategyInput, hp: dict[str, Any], unfreeze: int | None)
 
 
 def train_dtl1(inp: StrategyInput) -> StrategyResult:
-    from training.classifier import FaceClassifier
+    from facediag.training.classifier import FaceClassifier
 
     hp = _hparams(inp, DEFAULTS)
     if hp["unfreeze"] < 0:
-        from edge.errors import ConfigError
+        from facediag.edge.errors import ConfigError
 
         raise ConfigError(f"--unfreeze must be >= 0, got {hp['unfreeze']}")
     backbone = inp.make_backbone(True)
@@ -227,3 +257,14 @@ def train_dtl1(inp: StrategyInput) -> StrategyResult:
     return StrategyResult(
         model=model, backbone=getattr(backbone, "backbone_name", inp.backbone_name), hyperparameters=hp, history=history
     )
+
+
+STRATEGIES.register(
+    StrategySpec(
+        name="dtl1",
+        summary="new last layer + fine-tuning, SGD lr 5e-5 momentum 0.9 weight decay 5e-4, early stopping "
+        "(--unfreeze N also trains the last N backbone blocks)",
+        factory=neural_strategy(train_dtl1),
+        options=("epochs", "lr", "head_lr_mult", "unfreeze", "batch_size", "patience"),
+    )
+)

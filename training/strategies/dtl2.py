@@ -23,7 +23,8 @@ import logging
 
 import numpy as np
 
-from training.strategies import StrategyInput, StrategyResult, batched
+from facediag.training.strategies import STRATEGIES, StrategyInput, StrategyResult, StrategySpec, batched
+from facediag.training.strategies.neural import neural_strategy
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def choose_c(x: np.ndarray, y: np.ndarray, seed: int, grid: tuple[float, ...] = 
 
 
 def train_dtl2(inp: StrategyInput) -> StrategyResult:
-    from training.classifier import FaceClassifier
+    from facediag.training.classifier import FaceClassifier
 
     n_classes = len(inp.classes)
     backbone = inp.make_backbone(True)
@@ -120,8 +121,9 @@ def train_dtl2(inp: StrategyInput) -> StrategyResult:
     y_tr, y_va = inp.train.labels, inp.val.labels
 
     fixed_c = inp.hyperparameters.get("svm_c")
+    scores: list[dict] = []
     if fixed_c is not None:
-        chosen_c, scores = float(fixed_c), []
+        chosen_c = float(fixed_c)
     else:
         chosen_c, scores = choose_c(x_tr, y_tr, inp.seed)
     svm = _fit_svm(x_tr, y_tr, chosen_c, inp.seed)
@@ -144,3 +146,13 @@ def train_dtl2(inp: StrategyInput) -> StrategyResult:
         },
         history={"c_search": scores, "fold_check_samples": int(len(feats)), "fold_mismatches": mismatches},
     )
+
+
+STRATEGIES.register(
+    StrategySpec(
+        name="dtl2",
+        summary="frozen backbone features + linear SVM, folded into one linear layer (default; the study's best)",
+        factory=neural_strategy(train_dtl2),
+        options=("svm_c", "batch_size"),
+    )
+)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.strategies import StrategyInput, StrategyResult
-from training.strategies.dtl1 import _hparams, fit_sgd
+from facediag.training.strategies import STRATEGIES, StrategyInput, StrategyResult, StrategySpec
+from facediag.training.strategies.dtl1 import _hparams, fit_sgd
+from facediag.training.strategies.neural import neural_strategy
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-2,
@@ -32,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def train_scratch(inp: StrategyInput) -> StrategyResult:
-    from training.classifier import FaceClassifier
+    from facediag.training.classifier import FaceClassifier
 
     hp = _hparams(inp, DEFAULTS)
     backbone = inp.make_backbone(False)
@@ -43,3 +44,14 @@ def train_scratch(inp: StrategyInput) -> StrategyResult:
     return StrategyResult(
         model=model, backbone=getattr(backbone, "backbone_name", inp.backbone_name), hyperparameters=hp, history=history
     )
+
+
+STRATEGIES.register(
+    StrategySpec(
+        name="scratch",
+        summary="the same architecture from random weights, trained end to end",
+        factory=neural_strategy(train_scratch),
+        options=("epochs", "lr", "head_lr_mult", "batch_size", "patience"),
+        pretrained=False,
+    )
+)
