@@ -339,12 +339,16 @@ def export_checkpoint(
     parity_sources: list[str] | None = None,
     prelu: str = "decompose",
     thresholds_report: str | Path | None = None,
+    min_specificity: float = 0.5,
+    accept_low_specificity: bool = False,
 ) -> Any:
     """Checkpoint folder -> new bundle folder with model.onnx and bundle.json. Returns the loaded Bundle.
 
     Decision thresholds come from ``thresholds_report`` (a ``facediag evaluate`` report.json, whose
     thresholds were chosen on validation data for a target sensitivity), else from the checkpoint,
-    else 0.5 for every condition (logged as a placeholder).
+    else 0.5 for every condition (logged as a placeholder). Thresholds from a report whose validation
+    specificity is below ``min_specificity`` (or not recorded) are refused unless
+    ``accept_low_specificity``; see ``facediag.converters.threshold_check``.
 
     The bundle is assembled in a temporary sibling folder and renamed into place only when the
     graph check and the parity check passed, so a failed export leaves no half bundle behind.
@@ -365,6 +369,14 @@ def export_checkpoint(
     expected = (contract.height, contract.width)
     if parity_inputs.ndim != 4 or parity_inputs.shape[1:] != (3, *expected):
         raise ExportError(f"parity inputs must be N x 3 x {expected[0]} x {expected[1]}, got {parity_inputs.shape}")
+    healthy = _healthy_class(meta, classes, ckpt_dir)
+    thresholds, thresholds_source = _choose_thresholds(meta, classes, healthy, thresholds_report)
+    threshold_check = None
+    if thresholds_report is not None:
+        from facediag.converters.threshold_check import check_threshold_specificity
+
+        threshold_check = check_threshold_specificity(thresholds_report, thresholds, classes, healthy,
+                                                      min_specificity=min_specificity, accept_low=accept_low_specificity)
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", dir=bundle_dir.parent))
     try:
@@ -372,13 +384,13 @@ def export_checkpoint(
         info = export_model(model, contract, work / onnx_name, opset=opset, prelu=prelu)
         check_graph(work / onnx_name, num_classes=len(classes))
         gate = _parity_gate(model, work / onnx_name, parity_inputs, tolerance, parity_sources)
-        healthy = _healthy_class(meta, classes, ckpt_dir)
-        thresholds, thresholds_source = _choose_thresholds(meta, classes, healthy, thresholds_report)
-        extra = {
+        extra: dict[str, Any] = {
             "export": info.to_dict(),
             "thresholds_source": thresholds_source,
             "training": {k: meta[k] for k in ("backbone", "strategy", "temperature", "metrics", "seed") if k in meta},
         }
+        if threshold_check is not None:
+            extra["thresholds_check"] = threshold_check
         create_bundle(
             work,
             classes=classes,

@@ -27,6 +27,7 @@ import numpy as np
 
 from facediag.converters.compare import Criteria, Labels, Verdict, compare_engines, ort_opener
 from facediag.edge import precision as precision_table
+from facediag.edge.atomicio import promote
 from facediag.edge.errors import ConfigError, FacediagError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,6 @@ def gate_and_add(
     deleted, the bundle is left as it was (an earlier accepted file of this precision stays) and
     :class:`GateFailed` is raised with the figures.
     """
-    import os
 
     final = precision_table.file_name(precision)
     try:
@@ -115,7 +115,7 @@ def gate_and_add(
             f"--method percentile/entropy, or keep FP32/FP16 for this model.",
             result,
         )
-    os.replace(candidate, bundle.path / final)
+    promote(candidate, bundle.path / final)  # gated: now it may take its final name
     if settings:
         result.details["settings"] = settings
     bundle.add_precision(precision, final, result.to_dict(), target=target)

@@ -113,6 +113,22 @@ def atomic_write_json(path: str | Path, obj: Any, mode: int = 0o644, *, indent: 
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
+def promote(written: str | Path, final: str | Path) -> None:
+    """Give a finished file (written under a temporary name, then checked) its final name, durably.
+
+    The file's data is fsynced, it is renamed over ``final`` in one step, and the folder is
+    fsynced, so after a crash ``final`` is either the old file or the whole new one.
+    """
+    source, target = Path(written), Path(final)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, target)
+    fsync_directory(target.parent if str(target.parent) else Path("."))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that only takes a file name.

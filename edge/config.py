@@ -47,7 +47,8 @@ Sections and defaults::
     [screening]
     good_frames = 8            # good frames of one subject needed for a decision
     window_s = 10.0            # ... within this many seconds, else "retake"
-    min_confidence = 0.5       # below this top-class probability: abstain ("retake")
+    min_confidence = 0.5       # below this top-class probability: "retake", whatever the class (even
+                               # a condition over its threshold); at or above it: refer / no finding
     face_lost_s = 1.5          # the subject is gone after this long without a face
     same_subject_iou = 0.2
 
@@ -201,6 +202,7 @@ class EngineConfig:
 class ScreeningConfig:
     good_frames: int = field(default=8, metadata=_meta(min=1, max=256))
     window_s: float = field(default=10.0, metadata=_meta(min=0, min_exclusive=True))
+    # Below this top-class probability the decision is "retake", whatever the class (see screening.decision).
     min_confidence: float = field(default=0.5, metadata=_meta(min=0, max=1))
     face_lost_s: float = field(default=1.5, metadata=_meta(min=0, min_exclusive=True))
     same_subject_iou: float = field(default=0.2, metadata=_meta(min=0, max=1))

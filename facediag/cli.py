@@ -16,7 +16,7 @@ log = logging.getLogger("facediag")
 
 # Order in which subcommands are listed in --help (the user's path through the tool).
 _ORDER = [
-    "crop", "train", "evaluate", "export", "calibrate", "quantize", "fp16", "keygen", "sign",
+    "crop", "train", "evaluate", "compare", "export", "calibrate", "quantize", "fp16", "keygen", "sign",
     "station", "build", "verify", "run", "demo", "bench", "collect", "fleet", "models",
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,17 @@ def test_atomic_path_names_a_missing_folder(tmp_path):
         with atomic_path(tmp_path / "no" / "such.bin"):
             pass
     assert not os.path.exists(tmp_path / "no")
+
+
+def test_promote_replaces_the_final_file_in_one_step(tmp_path: Path) -> None:
+    from facediag.edge.atomicio import promote
+
+    final = tmp_path / "model.fp16.onnx"
+    final.write_bytes(b"old")
+    candidate = tmp_path / ".candidate.tmp"
+    candidate.write_bytes(b"new model")
+    promote(candidate, final)
+    assert final.read_bytes() == b"new model" and not candidate.exists()
+    with pytest.raises(FileNotFoundError):  # nothing to promote: the final file stays as it was
+        promote(candidate, final)
+    assert final.read_bytes() == b"new model"

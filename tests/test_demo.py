@@ -16,12 +16,12 @@ from tests.daemon_helpers import IMAGE_SUFFIXES, REPO, snapshot
 TAG = "[demo: facial attributes, not a diagnosis]"
 
 
-def _run_demo(work: Path, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
+def _run_demo(work: Path, cache: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update({"PYTHONPATH": str(REPO), "FACEDIAG_CACHE": str(cache), "XDG_CACHE_HOME": str(cache / "xdg"),
                 "HOME": str(cwd)})
     env.pop("NOTIFY_SOCKET", None)
-    return subprocess.run([sys.executable, "-m", "facediag", "demo", "--work", str(work)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "facediag", "demo", "--work", str(work), *extra], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -69,3 +69,40 @@ def test_second_run_reuses_the_bundle_and_writes_no_images(demo_runs):
     new = snapshot(root) - before_second
     assert not [p for p in new if p.suffix.lower() in IMAGE_SUFFIXES], new
     assert not [p for p in snapshot(root / "cwd") if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def test_demo_uplink_carries_its_results_to_the_collector(demo_runs, tmp_path):
+    """`facediag demo --uplink mqtt://...`: the demo's results go through the outbox and a real Mosquitto
+    broker into `facediag collect` (SQLite), and `facediag fleet --json` counts them (issue 13)."""
+    pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (pip install -e .[station])")
+    from tests.mqtt_helpers import Broker, wait_for
+
+    root, work, first, _, _ = demo_runs
+    assert first.returncode == 0, first.stderr[-3000:]
+    broker = Broker(tmp_path / "broker").start()
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    log = tmp_path / "collect.log"
+    collector = subprocess.Popen([sys.executable, "-m", "facediag", "collect", "--broker", broker.url, "--db", db],
+                                 cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "connected to" in log.read_text(), 30, what="the collector to connect")
+        run = _run_demo(work, root / "cache", root / "cwd", "--uplink", broker.url, "--station-id", "demo-uplink")
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "acknowledged by the broker" in run.stdout, run.stdout[-2000:]
+        local = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+        assert len(local) == 2 and all(r["station_id"] == "demo-uplink" and r["result_id"] for r in local)
+
+        def fleet() -> dict:
+            out = subprocess.run([sys.executable, "-m", "facediag", "fleet", "--db", db, "--json"], cwd=REPO,
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr[-2000:]
+            rows = {r["station_id"]: r for r in json.loads(out.stdout)["stations"]}
+            return rows.get("demo-uplink") or {}
+
+        row = wait_for(lambda: (r := fleet()).get("results_total") == len(local) and r, 30,
+                       what="the demo's results in the collector's store")
+        assert row["results_total"] == 2
+    finally:
+        collector.terminate()
+        collector.wait(15)
+        broker.stop()

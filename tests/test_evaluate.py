@@ -232,6 +232,16 @@ def _check_report(out: Path, expected_probs: np.ndarray, y: np.ndarray, skipped:
     assert m["top1"] == pytest.approx(float(np.mean(pred == y)))
     expected_cm = [[int(np.sum((y == i) & (pred == j))) for j in range(2)] for i in range(2)]
     assert m["confusion_matrix"] == expected_cm
+    # Per-photo predictions: paths relative to the data root, argmax = predicted, same correct count as expected.
+    rows = report["predictions"]
+    assert len(rows) == len(y) and all(r["photo"].startswith("test/") for r in rows)
+    assert sorted(r["true"] for r in rows) == sorted(CLASSES[int(i)] for i in y)
+    assert all(r["predicted"] == max(r["probabilities"], key=r["probabilities"].get) for r in rows)
+    assert sum(r["predicted"] == r["true"] for r in rows) == int(np.sum(pred == y))
+    k, n = int(np.sum(pred == y)), len(y)  # Wilson, written out here
+    centre = (k / n + 1.96**2 / (2 * n)) / (1 + 1.96**2 / n)
+    half = 1.96 / (1 + 1.96**2 / n) * np.sqrt(k / n * (1 - k / n) / n + 1.96**2 / (4 * n * n))
+    assert m["top1_ci95"] == pytest.approx([max(0.0, centre - half), min(1.0, centre + half)])
     # The healthy class gets no threshold; "smile" does, chosen on val (never on test), reaching the target there.
     assert set(report["thresholds"]) == {"smile"}
     sel = report["threshold_selection"]

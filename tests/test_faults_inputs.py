@@ -94,7 +94,7 @@ def test_hostile_bundle_json_is_a_bundle_error(bundle_dir, text):  # noqa: F811
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(["classes", "healthy_class", "thresholds", "files", "precisions", "contract",
                               "creator", "source_checkpoint"]),
-       value=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+       value=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
                                                                                    max_size=3),
                           max_leaves=6))

@@ -204,6 +204,11 @@ def test_kiosk_screening_flow_in_a_real_browser(tmp_path, bundle_dir, yunet, fac
                                " return r && [r.dataset.visitId, r.dataset.decision, r.textContent]", row),
             15, what="the result on the staff page")
         assert visit_id == "V-2026-0042" and "V-2026-0042" in text and shown_decision == decision
+        health = browser.wait(lambda: browser.js(
+            "const out = {}; document.querySelectorAll('#health dt').forEach("
+            "dt => { out[dt.textContent] = dt.nextElementSibling.textContent; }); return out.uplink ? out : null"),
+            15, what="the station health on the staff page")
+        assert health["uplink"] == "off" and health["results"] == "1", health  # no [uplink] in this config
         browser.screenshot("staff-1920x1080")
         violations = browser.axe()
         assert not violations, json.dumps(violations, indent=1)[:3000]

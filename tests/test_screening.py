@@ -79,3 +79,19 @@ def test_window_expiry_is_a_retake() -> None:
     tracker.step(0.0, _face(), CROP, [])
     out = tracker.step(1.5, _face(), CROP, [])
     assert out.ready is None and out.ended and out.ended[0].decision.kind == RETAKE
+
+
+def test_below_min_confidence_is_a_retake_whatever_the_class() -> None:
+    """min_confidence means what the config says: an unsure top class is a retake, even over a threshold."""
+    low = {"pale_skin": 0.3, "round_face": 0.3}
+    d = decide([0.2, 0.45, 0.35], CLASSES, "healthy", low, min_confidence=0.5)
+    assert d.kind == RETAKE and d.condition is None
+    assert "pale_skin 0.45 < min_confidence 0.50" in d.reason and "threshold reached by pale_skin, round_face" in d.reason
+    # The same vector with a confident enough top class: refer, as before.
+    d = decide([0.2, 0.45, 0.35], CLASSES, "healthy", low, min_confidence=0.4)
+    assert d.kind == REFER and d.condition == "pale_skin"
+    # An unsure healthy top class is a retake too; confident and under every threshold: no finding.
+    assert decide([0.45, 0.3, 0.25], CLASSES, "healthy", {"pale_skin": 0.5, "round_face": 0.5}).kind == RETAKE
+    assert decide([0.6, 0.3, 0.1], CLASSES, "healthy", {"pale_skin": 0.5, "round_face": 0.5}).kind == NO_FINDING
+    # Exactly at min_confidence is confident enough.
+    assert decide([0.5, 0.5], ["healthy", "pale_skin"], "healthy", {"pale_skin": 0.5}).kind == REFER

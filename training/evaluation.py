@@ -294,6 +294,7 @@ def evaluate(
     """
     from facediag.edge.version import __version__
     from facediag.training.metrics import summarize
+    from facediag.training.stats import DEFAULT_SEED, summary_intervals
 
     opts = (options or EvaluationOptions()).checked()
     if cache.cropper.contract != model.contract:
@@ -307,6 +308,9 @@ def evaluate(
         )
     thresholds, selection = _choose_thresholds(model, prep, cache, opts)
     metrics = summarize(y, probs, model.classes, n_bins=opts.ece_bins, thresholds=thresholds)
+    summary_intervals(metrics, y, probs, seed=opts.seed if opts.seed is not None else DEFAULT_SEED)
+    part = [s for s in prep.photos if s.split == opts.split]
+    names = [part[i].name or part[i].path.as_posix() for i in crops.kept]
     return {
         "facediag_version": __version__,
         "model_id": model.model_id,
@@ -324,4 +328,14 @@ def evaluate(
         "thresholds": thresholds,
         "threshold_selection": selection,
         "metrics": metrics,
+        "predictions": prediction_rows(names, y, probs, model.classes),
     }
+
+
+def prediction_rows(names: list[str], y: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """One row per scored photo: its path relative to the data root, true and predicted class, probabilities."""
+    return [
+        {"photo": name, "true": classes[int(t)], "predicted": classes[int(np.argmax(p))],
+         "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)}}
+        for name, t, p in zip(names, y, probs, strict=True)
+    ]

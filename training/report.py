@@ -1,7 +1,8 @@
 """The evaluation report: report.json, three PNG plots, and a text table for the terminal.
 
-Input is the dict from ``facediag.training.metrics.summarize`` plus whatever context the
-caller adds (model id, split, skipped photos, thresholds). Plots use
+Input is the dict from ``facediag.training.metrics.summarize`` (with the 95% intervals of
+``facediag.training.stats.summary_intervals`` when present) plus whatever context the
+caller adds (model id, split, skipped photos, thresholds, per-photo ``predictions``). Plots use
 matplotlib's Agg backend, so they work on a headless workstation or CI.
 """
 
@@ -141,6 +142,23 @@ def _f(v: float | None) -> str:
     return "  n/a" if v is None else f"{v:.3f}"
 
 
+def _ci(v: list[float] | None) -> str:
+    return "    n/a    " if not v or v[0] is None or v[1] is None else f"[{v[0]:.3f}-{v[1]:.3f}]"
+
+
+def _interval_lines(m: dict[str, Any], width: int) -> list[str]:
+    """Per class, the 95% intervals (Wilson; AUC: bootstrap) when the summary carries them."""
+    if "top1_ci95" not in m:
+        return []
+    lines = [f"95% intervals (proportions: Wilson; AUC: stratified bootstrap, {m.get('intervals', {}).get('resamples', '?')} "
+             "resamples)"]
+    for name in m["classes"]:
+        r = m["per_class"][name]
+        lines.append(f"{name:<{width}}  prec {_ci(r.get('precision_ci95'))}  sens {_ci(r.get('sensitivity_ci95'))}  "
+                     f"spec {_ci(r.get('specificity_ci95'))}  AUC {_ci(r.get('auc_ci95'))}")
+    return lines
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A fixed-width text table: overall figures, then one row per class."""
     m = report["metrics"] if "metrics" in report else report
@@ -154,7 +172,7 @@ def format_table(report: dict[str, Any]) -> str:
             head.append(f"left out {left_out} (class not in the model)")
     lines.append("  ".join(head))
     lines.append(
-        f"top-1 {_pct(m['top1'])}   macro F1 {_f(m['macro_f1'])}   macro AUC {_f(m['macro_auc'])}   "
+        f"top-1 {_pct(m['top1'])}{' ' + _ci(m['top1_ci95']) if 'top1_ci95' in m else ''}   macro F1 {_f(m['macro_f1'])}   macro AUC {_f(m['macro_auc'])}   "
         f"ECE {_f(m['ece'])} ({m['ece_bins']} bins)"
     )
     thresholds = report.get("thresholds") or {}
@@ -173,6 +191,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_f(r['specificity']):>6}  {_f(r['f1']):>6}  {_f(r['auc']):>6}  "
             f"{_f(thr):>6}  {_f(t.get('sensitivity')):>6}  {_f(t.get('specificity')):>6}"
         )
+    lines.extend(_interval_lines(m, width))
     return "\n".join(lines)
 
 

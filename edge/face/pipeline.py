@@ -165,14 +165,32 @@ class FaceFrontEnd:
 TIGHT_CROP_SIDE = 256
 TIGHT_CROP_UPSCALE_TO = 192
 TIGHT_CROP_PAD = 0.3
+# After a miss, and only then, the photo is tried again as a tight crop at each of these
+# (upscale short side to, pad fraction): photos of any size can be cropped to the face (issue 10),
+# and a 300-450 px crop filling the frame with a face was missed by MTCNN on the plain path while
+# the padded retry finds it. Photos found on the first attempt keep exactly their first crop.
+TIGHT_CROP_RETRIES: tuple[tuple[int, float], ...] = ((256, 0.3), (320, 0.6))
+
+
+def _upscaled(image_bgr: np.ndarray, short_side: int) -> np.ndarray:
+    """The image upscaled (bicubic) so its short side is ``short_side``; unchanged when already that large."""
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    scale = short_side / float(min(h, w))
+    if scale <= 1.0:
+        return image_bgr
+    return cv2.resize(image_bgr, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_CUBIC)
 
 
 class PhotoFrontEnd:
     """The front-end for photo collections (training, evaluation, calibration, export parity).
 
     The same detector, alignment and contract as a station's ``FaceFrontEnd``, plus the policy for
-    tight face crops above. Face coordinates in its results refer to the upscaled image; the crop is
-    the contract's crop either way.
+    tight face crops above: small photos are upscaled and padded; a photo in which no face is found
+    is tried again, upscaled and padded, at each of ``TIGHT_CROP_RETRIES``. Face coordinates in its
+    results refer to the image the face was found in (upscaled or not); the crop is the contract's
+    crop either way.
     """
 
     def __init__(self, detector: Detector, contract: PreprocessContract, gates: QualityGates | None = None) -> None:
@@ -180,20 +198,29 @@ class PhotoFrontEnd:
         self.contract = contract
         self._plain = FaceFrontEnd(detector, contract, gates)
         self._padded = FaceFrontEnd(detector, contract, gates, pad_fraction=TIGHT_CROP_PAD)
+        self._retries = [
+            (side, FaceFrontEnd(detector, contract, gates, pad_fraction=pad)) for side, pad in TIGHT_CROP_RETRIES
+        ]
 
     @staticmethod
     def policy() -> dict[str, float]:
         """The tight-crop policy's numbers, for cache keys and manifests."""
-        return {"tight_crop_side": TIGHT_CROP_SIDE, "upscale_to": TIGHT_CROP_UPSCALE_TO, "pad": TIGHT_CROP_PAD}
+        policy: dict[str, float] = {
+            "tight_crop_side": TIGHT_CROP_SIDE,
+            "upscale_to": TIGHT_CROP_UPSCALE_TO,
+            "pad": TIGHT_CROP_PAD,
+        }
+        for i, (side, pad) in enumerate(TIGHT_CROP_RETRIES, 1):
+            policy[f"retry{i}_upscale_to"], policy[f"retry{i}_pad"] = side, pad
+        return policy
 
     def process(self, image_bgr: np.ndarray) -> FrontEndResult:
-        import cv2
-
-        h, w = image_bgr.shape[:2]
-        if min(h, w) >= TIGHT_CROP_SIDE:
-            return self._plain.process(image_bgr)
-        scale = TIGHT_CROP_UPSCALE_TO / float(min(h, w))
-        if scale > 1.0:
-            size = (int(round(w * scale)), int(round(h * scale)))
-            image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_CUBIC)
-        return self._padded.process(image_bgr)
+        if min(image_bgr.shape[:2]) >= TIGHT_CROP_SIDE:
+            result = self._plain.process(image_bgr)
+        else:
+            result = self._padded.process(_upscaled(image_bgr, TIGHT_CROP_UPSCALE_TO))
+        for side, front_end in self._retries:
+            if result.face is not None:
+                break
+            result = front_end.process(_upscaled(image_bgr, side))
+        return result

@@ -29,12 +29,14 @@ def decide(
     thresholds: Mapping[str, float],
     min_confidence: float = 0.5,
 ) -> Decision:
-    """Decide for one subject.
+    """Decide for one subject, in this order.
 
+    - retake: the top class's probability is below ``min_confidence``, whatever that class is (a
+      condition crossing its threshold included): the model is unsure, so the station asks for
+      another capture rather than guess.
     - refer: some non-healthy class reaches its threshold (chosen on validation data for a target
       sensitivity; ``DEFAULT_THRESHOLD`` when the bundle has none); the most probable such class wins.
-    - no_finding: no class reaches its threshold and the top class is confident (>= min_confidence).
-    - retake: neither: the model is unsure, so the station asks for another capture rather than guess.
+    - no_finding: no condition reaches its threshold (the top class is then confident).
     """
     p = np.asarray(mean_probabilities, dtype=np.float64).reshape(-1)
     if len(p) != len(classes):
@@ -42,13 +44,15 @@ def decide(
     if healthy_class not in classes:
         raise ValueError(f"healthy class {healthy_class!r} is not one of {list(classes)}")
     probs = {c: float(v) for c, v in zip(classes, p, strict=True)}
-    crossing = [
-        c for c in classes if c != healthy_class and probs[c] >= float(thresholds.get(c, DEFAULT_THRESHOLD))
-    ]
+    limits = {c: float(thresholds.get(c, DEFAULT_THRESHOLD)) for c in classes if c != healthy_class}
+    crossing = [c for c in classes if c != healthy_class and probs[c] >= limits[c]]
+    top = max(classes, key=lambda c: probs[c])
+    if probs[top] < min_confidence:
+        also = f"; threshold reached by {', '.join(crossing)}" if crossing else ""
+        return Decision(RETAKE, None, None,
+                        f"confidence too low (top: {top} {probs[top]:.2f} < min_confidence {min_confidence:.2f}{also})", probs)
     if crossing:
         best = max(crossing, key=lambda c: probs[c])
-        return Decision(REFER, best, probs[best], f"{best} probability {probs[best]:.2f} reached its threshold", probs)
-    top = max(classes, key=lambda c: probs[c])
-    if probs[top] >= min_confidence:
-        return Decision(NO_FINDING, None, None, f"no condition reached its threshold (top: {top} {probs[top]:.2f})", probs)
-    return Decision(RETAKE, None, None, f"confidence too low (top: {top} {probs[top]:.2f} < {min_confidence:.2f})", probs)
+        return Decision(REFER, best, probs[best],
+                        f"{best} probability {probs[best]:.2f} reached its threshold {limits[best]:.2f}", probs)
+    return Decision(NO_FINDING, None, None, f"no condition reached its threshold (top: {top} {probs[top]:.2f})", probs)

@@ -56,6 +56,8 @@
       ["bundle", s.engine && String(s.engine.bundle_id || "").slice(0, 16)], ["fps", s.fps],
       ["frames", s.frames_processed], ["results", s.results],
       ["decisions", JSON.stringify(s.decisions || {})], ["uptime s", s.uptime_s],
+      // the fleet uplink (an add-on: absent when [uplink] is off); its state reads "uplink: backlog full" when full
+      ["uplink", s.uplink ? s.uplink.state + (s.uplink.unsent ? " (" + s.uplink.unsent + " unsent)" : "") : "off"],
     ];
     const dl = $("health");
     dl.textContent = "";

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", type=Path, default=None,
                         help="report.json from `facediag evaluate`: its per-class thresholds (chosen on validation data "
                         "for a target sensitivity) become the bundle's decision thresholds (default: 0.5 placeholders)")
+    parser.add_argument("--min-specificity", type=float, default=0.5,
+                        help="refuse --thresholds whose validation specificity (recorded in the report) is below this "
+                        "(default 0.5: at most half of the people without a condition referred for it)")
+    parser.add_argument("--accept-low-specificity", action="store_true",
+                        help="export --thresholds below --min-specificity (or without a recorded specificity) anyway; "
+                        "logged, and recorded in bundle.json (thresholds_check)")
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise ConfigError("--count must be >= 1")
+    if not 0.0 <= args.min_specificity <= 1.0:
+        raise ConfigError("--min-specificity must be within 0..1")
     meta = read_meta(args.checkpoint)
     contract = PreprocessContract.from_dict(meta["contract"])
     sources = stratified_order(list_sources(args.images, args.csv), seed=0)
@@ -84,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = export_checkpoint(
         args.checkpoint, args.bundle, np.asarray(inputs), tolerance=args.tolerance, opset=args.opset,
         force=args.force, parity_sources=[sha for _, sha, _ in taken], prelu="keep" if args.keep_prelu else "decompose",
-        thresholds_report=args.thresholds,
+        thresholds_report=args.thresholds, min_specificity=args.min_specificity,
+        accept_low_specificity=args.accept_low_specificity,
     )
     gate = bundle.precisions["fp32"].gate
     print(json.dumps({"bundle": str(args.bundle), "classes": bundle.classes, "opset": bundle.extra["export"]["opset"],

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from facediag.edge.atomicio import atomic_path
 from facediag.edge.errors import ModelFileError
 from facediag.edge.hashing import sha256_file
 from facediag.training.backbones.facenet_convert import (
@@ -111,16 +111,8 @@ def _write_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def cached_weights(pb_path: str | Path | None = None) -> Path:
