@@ -50,6 +50,17 @@ def _temp_name(final: Path) -> Path:
     return final.with_name(f"{_temp_prefix(final)}{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
 
 
+def _publish(temp: Path, final: Path, mode: int) -> None:
+    """The last step of every atomic write: the finished temporary file takes its mode and its final name."""
+    os.chmod(temp, mode)
+    os.replace(temp, final)
+
+
+def _discard(temp: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
+
+
 def fsync_directory(directory: str | Path) -> None:
     """Make a rename or new file in ``directory`` durable (no-op where directories cannot be opened)."""
     try:
@@ -82,11 +93,9 @@ def atomic_writer(path: str | Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, final)
+        _publish(temp, final, mode)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        _discard(temp)
         raise
     fsync_directory(directory)
 
@@ -153,11 +162,9 @@ def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(temp, mode)
-        os.replace(temp, final)
+        _publish(temp, final, mode)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        _discard(temp)
         raise
     fsync_directory(directory)
 
