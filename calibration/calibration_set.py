@@ -272,6 +272,11 @@ class CalibrationSet:
         return np.array([i for i, it in enumerate(self.items) if it.split == split], dtype=np.int64)
 
     @property
+    def calib_rows(self) -> np.ndarray:
+        """Indices of the calibration rows in ``inputs`` (readers slice batches from them, no copy of the set)."""
+        return self._rows(CALIB)
+
+    @property
     def calib_inputs(self) -> np.ndarray:
         return np.asarray(self.inputs[self._rows(CALIB)])
 
@@ -286,6 +291,15 @@ class CalibrationSet:
     @property
     def contract(self) -> PreprocessContract:
         return PreprocessContract.from_dict(self.manifest["contract"])
+
+    def class_indices(self, classes: list[str], split: str | None = None) -> np.ndarray | None:
+        """Class indices of the rows of ``split`` (all rows when None), or None unless every one is labelled
+        with one of ``classes`` (a gate then measures the accuracy drop on them)."""
+        rows = range(len(self.items)) if split is None else self._rows(split)
+        labels = [self.items[int(i)].label for i in rows]
+        if not labels or any(lab not in classes for lab in labels):
+            return None
+        return np.array([classes.index(str(lab)) for lab in labels], dtype=np.int64)
 
 
 def load_calibration_set(path: str | Path, bundle: Any | None = None) -> CalibrationSet:

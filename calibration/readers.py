@@ -21,15 +21,17 @@ except ImportError:  # pragma: no cover - exercised only where onnxruntime is ab
 INPUT_NAME = "input"
 
 
-def _as_array(source: Any) -> np.ndarray:
-    """A CalibrationSet (its calibration rows only, never the held-out ones) or an array."""
-    arr = source.calib_inputs if hasattr(source, "calib_inputs") else source
-    arr = np.asarray(arr)
+def _rows_of(source: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(array, calibration row indices or None for all rows), checked; the set's array is not copied."""
+    if hasattr(source, "calib_rows") and hasattr(source, "inputs"):
+        arr, rows = np.asarray(source.inputs), np.asarray(source.calib_rows, dtype=np.int64)
+    else:
+        arr, rows = np.asarray(source.calib_inputs if hasattr(source, "calib_inputs") else source), None
     if arr.ndim != 4 or arr.dtype != np.float32:
         raise ValueError(f"calibration inputs must be float32 NCHW, got {arr.dtype} {arr.shape}")
-    if len(arr) == 0:
+    if (len(arr) if rows is None else len(rows)) == 0:
         raise ValueError("the calibration set has no calibration rows")
-    return arr
+    return arr, rows
 
 
 def iter_batches(
@@ -38,23 +40,27 @@ def iter_batches(
     """``{input_name: float32 (B, 3, H, W)}`` dicts over the calibration rows.
 
     The last batch is short unless ``drop_last`` (TensorRT calibrators and ORT's histogram
-    calibrators need every batch the same size).
+    calibrators need every batch the same size). Only one batch is copied out of the set at a time.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    arr = _as_array(source)
-    stop = len(arr) - len(arr) % batch_size if drop_last else len(arr)
+    arr, rows = _rows_of(source)
+    count = len(arr) if rows is None else len(rows)
+    stop = count - count % batch_size if drop_last else count
     if stop == 0:
-        raise ValueError(f"fewer calibration rows ({len(arr)}) than one batch of {batch_size}")
+        raise ValueError(f"fewer calibration rows ({count}) than one batch of {batch_size}")
     for start in range(0, stop, batch_size):
-        yield {input_name: np.ascontiguousarray(arr[start : start + batch_size])}
+        part = arr[start : start + batch_size] if rows is None else arr[rows[start : start + batch_size]]
+        yield {input_name: np.ascontiguousarray(part)}
 
 
 class OrtCalibrationReader(CalibrationDataReader):  # type: ignore[misc,unused-ignore]
     """ONNX Runtime ``CalibrationDataReader`` over a calibration set's calibration rows (rewindable)."""
 
     def __init__(self, source: Any, batch_size: int = 8, input_name: str = INPUT_NAME, drop_last: bool = False) -> None:
-        self._source = _as_array(source)
+        arr, rows = _rows_of(source)
+        self._source = arr if rows is None else source  # a set is sliced batch by batch, never copied whole
+        self._count = len(arr) if rows is None else len(rows)
         self._batch_size = batch_size
         self._input_name = input_name
         self._drop_last = drop_last
@@ -70,5 +76,5 @@ class OrtCalibrationReader(CalibrationDataReader):  # type: ignore[misc,unused-i
         self._it = self._fresh()
 
     def __len__(self) -> int:
-        n = len(self._source) // self._batch_size
-        return n if self._drop_last or len(self._source) % self._batch_size == 0 else n + 1
+        n = self._count // self._batch_size
+        return n if self._drop_last or self._count % self._batch_size == 0 else n + 1

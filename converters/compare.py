@@ -16,12 +16,20 @@ bundle.json records per precision (``gate``) and an engine manifest records
 
 Ties, the same everywhere: a row where the *reference* model's top-1 probability beats
 its top-2 by less than ``tie_margin`` (default 0.01) is a near-tie. Its class flips with
-any numerical noise (another CPU, another batch size, FP16 rounding), so a flip there
-says nothing about the candidate: near-ties are left out of ``top1_agreement`` and
-counted in ``near_ties`` (``near_tie_flips`` of them changed class). The probability
-difference still covers every row, so a candidate cannot hide a real change in them.
-``top1_agreement_all`` reports agreement over every row. Rows where the candidate gives
-NaN or infinity fail the check whatever the criteria.
+any numerical noise (another CPU, another batch size, FP16 rounding), so ``min_agreement``
+is judged on the other rows (``top1_agreement``, the *non-ties*), and ``near_ties`` /
+``near_tie_flips`` count the rest. Flips cannot hide there: agreement over every row
+(``top1_agreement_all``) is reported beside it and judged against ``min_agreement_all``
+(the gates and verify default to ``min_agreement`` minus two points), and the probability
+difference covers every row. Rows where the candidate gives NaN or infinity fail the
+check whatever the criteria.
+
+Too few photos: with ``confidence`` set (0.95 for the gates and verify), the one-sided
+Clopper-Pearson lower bound of the non-tie agreement (:mod:`facediag.converters.agreement`)
+must exceed ``min_agreement``; otherwise the verdict fails and says how many non-tie photos
+would show the criterion (299 with no flip for 99 %). With labels, the accuracy of both
+models on the same photos is compared pairwise (``accuracy_paired``: photos lost and
+gained) and the drop is judged against ``max_drop_points``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,15 @@ from typing import Any
 
 import numpy as np
 
+from facediag.converters.agreement import (
+    BOUND_METHOD,
+    DEFAULT_CONFIDENCE,
+    agreement_block,
+    paired_accuracy,
+)
+from facediag.converters.agreement import (
+    read_verdict as read_verdict,  # re-exported: the reader of recorded verdicts, any version
+)
 from facediag.edge import precision as precision_table
 from facediag.edge.errors import ConfigError, FacediagError
 
@@ -45,6 +62,8 @@ PRECISION_GATE = "precision-gate"
 DEVICE_VERIFY = "device-verify"
 KINDS = (EXPORT_PARITY, PRECISION_GATE, DEVICE_VERIFY)
 VERDICT_FORMAT = "facediag-verdict/1"
+# The gates and verify allow near-ties to add this much disagreement over all rows (min_agreement_all).
+ALL_ROWS_ALLOWANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,8 @@ class Criteria:
     max_prob_diff: float | None = None  # largest |p_candidate - p_reference| over all rows
     max_drop_points: float | None = None  # accuracy drop in points, when labels are given
     tie_margin: float = TIE_MARGIN
+    min_agreement_all: float | None = None  # top-1 agreement over every row, near-ties included
+    confidence: float | None = None  # min_agreement must be shown at this level (Clopper-Pearson lower bound)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -64,6 +85,10 @@ class Criteria:
             raise ConfigError(f"--tie-margin must be in [0, 1), got {self.tie_margin}")
         if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
             raise ConfigError(f"--min-agreement must be within 0..1, got {self.min_agreement}")
+        if self.min_agreement_all is not None and not 0.0 <= self.min_agreement_all <= 1.0:
+            raise ConfigError(f"--min-agreement-all must be within 0..1, got {self.min_agreement_all}")
+        if self.confidence is not None and not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"--confidence must be in (0, 1) (or 0 for none), got {self.confidence}")
         if self.max_drop_points is not None and self.max_drop_points < 0:
             raise ConfigError(f"--max-drop must be >= 0 (accuracy points), got {self.max_drop_points}")
         if self.max_prob_diff is not None and not 0.0 <= self.max_prob_diff <= 1.0:
@@ -76,6 +101,9 @@ class Criteria:
             "max_prob_diff": self.max_prob_diff,
             "max_accuracy_drop_points": self.max_drop_points,
             "tie_margin": self.tie_margin,
+            "min_agreement_all": self.min_agreement_all,
+            "confidence": self.confidence,
+            "confidence_bound": BOUND_METHOD if self.confidence is not None else None,
         }
 
 
@@ -84,14 +112,29 @@ def parity_criteria(tolerance: float) -> Criteria:
     return Criteria(EXPORT_PARITY, max_prob_diff=tolerance)
 
 
+def _all_rows_default(min_agreement: float, min_agreement_all: float | None) -> float:
+    return max(0.0, round(min_agreement - ALL_ROWS_ALLOWANCE, 10)) if min_agreement_all is None else min_agreement_all
+
+
+def _confidence(confidence: float | None) -> float | None:
+    return None if confidence is None or confidence == 0 else float(confidence)  # 0: the point estimate only
+
+
 def gate_criteria(
     min_agreement: float = 0.99,
     max_drop_points: float = 1.0,
     max_prob_diff: float | None = None,
     tie_margin: float = TIE_MARGIN,
+    min_agreement_all: float | None = None,
+    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> Criteria:
-    """The accuracy gate a reduced-precision model passes before it enters a bundle."""
-    return Criteria(PRECISION_GATE, min_agreement, max_prob_diff, max_drop_points, tie_margin)
+    """The accuracy gate a reduced-precision model passes before it enters a bundle.
+
+    ``min_agreement_all`` None: ``min_agreement`` minus :data:`ALL_ROWS_ALLOWANCE`; ``confidence`` 0 or
+    None: no sample-size requirement (the point estimate alone is judged).
+    """
+    return Criteria(PRECISION_GATE, min_agreement, max_prob_diff, max_drop_points, tie_margin,
+                    _all_rows_default(min_agreement, min_agreement_all), _confidence(confidence))
 
 
 def verify_criteria(
@@ -99,10 +142,13 @@ def verify_criteria(
     min_agreement: float = 0.99,
     max_prob_diff: float | None = None,
     tie_margin: float = TIE_MARGIN,
+    min_agreement_all: float | None = None,
+    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> Criteria:
     """On-device verify; ``max_prob_diff`` None: the precision table's default for ``precision``."""
     limit = precision_table.get(precision).verify_max_prob_diff if max_prob_diff is None else float(max_prob_diff)
-    return Criteria(DEVICE_VERIFY, min_agreement, limit, None, tie_margin)
+    return Criteria(DEVICE_VERIFY, min_agreement, limit, None, tie_margin,
+                    _all_rows_default(min_agreement, min_agreement_all), _confidence(confidence))
 
 
 @dataclass(frozen=True)
@@ -136,6 +182,7 @@ class Verdict:
     failures: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # what the caller adds (settings, sources, ...)
     checked_utc: str = ""
+    agreement: dict[str, Any] = field(default_factory=dict)  # all rows / non-ties / ties, with bounds
 
     @property
     def kind(self) -> str:
@@ -161,6 +208,7 @@ class Verdict:
                 "mean_prob_diff": _finite_or_none(self.mean_prob_diff),
                 "nonfinite_rows": self.nonfinite_rows,
                 "disagreements": self.disagreements[:50],
+                "agreement": self.agreement,
                 "criteria": self.criteria.to_dict(),
                 "failures": list(self.failures),
                 "checked_utc": self.checked_utc,
@@ -172,16 +220,21 @@ class Verdict:
 
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
+        non_ties = self.images - self.near_ties
         parts = [
-            f"top-1 agreement {self.top1_agreement * 100:.2f}% ({self.near_ties} reference near-ties left out; "
-            f"{self.top1_agreement_all * 100:.2f}% over all)",
+            f"top-1 agreement {self.top1_agreement * 100:.2f}% on {non_ties} non-tie inputs"
+            + _bound_text(self.agreement.get("non_ties", {}), self.agreement.get("confidence")),
+            f"{self.top1_agreement_all * 100:.2f}% on all {self.images} ({self.near_ties} reference near-ties, "
+            f"{self.near_tie_flips} of them flipped)",
             f"max probability difference {self.max_prob_diff:.4g}, mean {self.mean_prob_diff:.3g}",
         ]
         if self.accuracy is not None:
             a = self.accuracy
+            pair = a.get("accuracy_paired", {})
             parts.append(
                 f"accuracy {a['accuracy'] * 100:.2f}% vs reference {a['accuracy_reference'] * 100:.2f}% "
-                f"(drop {a['accuracy_drop_points']:.2f} points on {a['labelled_images']} labelled images)"
+                f"(drop {a['accuracy_drop_points']:.2f} points on {a['labelled_images']} labelled images: "
+                f"{pair.get('lost', '?')} lost, {pair.get('gained', '?')} gained)"
             )
         where = f" ({self.inputs})" if self.inputs else ""
         return (
@@ -191,36 +244,72 @@ class Verdict:
         )
 
 
+def _bound_text(figures: dict[str, Any], confidence: float | None) -> str:
+    bound = figures.get("lower_bound")
+    return "" if bound is None or confidence is None else f" ({confidence * 100:g}% lower bound {bound * 100:.2f}%)"
+
+
 def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None  # JSON has no infinity
 
 
-def _accuracy(cand: np.ndarray, ref: np.ndarray, labels: Labels) -> dict[str, Any]:
+def _accuracy(cand_top: np.ndarray, ref_top: np.ndarray, labels: Labels) -> dict[str, Any]:
     rows = slice(labels.start, labels.start + len(labels.values))
     truth = np.asarray(labels.values)
-    if len(truth) != len(cand[rows]):
-        raise ConfigError(f"{len(truth)} labels for rows {labels.start}.. but only {len(cand[rows])} such rows")
-    acc_ref = float((ref[rows].argmax(1) == truth).mean())
-    acc = float((cand[rows].argmax(1) == truth).mean())
-    return {"labelled_images": len(truth), "labels_source": labels.source, "accuracy_reference": acc_ref,
-            "accuracy": acc, "accuracy_drop_points": (acc_ref - acc) * 100.0}
+    if len(truth) != len(cand_top[rows]):
+        raise ConfigError(f"{len(truth)} labels for rows {labels.start}.. but only {len(cand_top[rows])} such rows")
+    paired = paired_accuracy(ref_top[rows] == truth, cand_top[rows] == truth)
+    return {"labelled_images": paired["labelled_images"], "labels_source": labels.source,
+            "accuracy_reference": paired["accuracy_reference"], "accuracy": paired["accuracy"],
+            "accuracy_drop_points": paired["accuracy_drop_points"], "accuracy_paired": paired["paired"]}
+
+
+def _agreement_failures(v: Verdict, c: Criteria) -> list[str]:
+    out = []
+    non_ties = v.agreement["non_ties"]
+    n, k = non_ties["images"], non_ties["disagreeing"]
+    if c.min_agreement is not None and v.top1_agreement < c.min_agreement:
+        out.append(f"top-1 agreement {v.top1_agreement:.4f} is below {c.min_agreement} "
+                   f"({k} of {n} decisive (non-tie) inputs differ)")
+    elif c.min_agreement is not None and c.confidence is not None and not (
+        n and non_ties["lower_bound"] > c.min_agreement
+    ):
+        need = v.agreement["photos_needed"] or {}
+        zero, at_k = need.get("with_no_disagreement"), need.get("with_observed_disagreements")
+        bound = "no bound" if not n else f"a {c.confidence * 100:g}% lower bound of {non_ties['lower_bound']:.4f}"
+        need_text = (
+            f"give at least {zero} non-tie photos (if none flips)"
+            + (f", {at_k} if {k} flip as here" if k and at_k is not None else "")
+            + " or lower --min-agreement"
+            if zero is not None
+            else "no number of photos can show this criterion: lower --min-agreement (or --confidence 0)"
+        )
+        out.append(
+            f"too few photos to show top-1 agreement >= {c.min_agreement} at {c.confidence * 100:g}% confidence: "
+            f"{n} non-tie input(s) with {k} disagreement(s) give {bound} ({BOUND_METHOD}); {need_text}"
+        )
+    if c.min_agreement_all is not None and v.top1_agreement_all < c.min_agreement_all:
+        flips = v.agreement["all"]["disagreeing"]
+        out.append(
+            f"top-1 agreement over all {v.images} inputs {v.top1_agreement_all:.4f} is below {c.min_agreement_all} "
+            f"({flips} changed class, {v.near_tie_flips} of them among {v.near_ties} reference near-ties)"
+        )
+    return out
 
 
 def _failures(v: Verdict, c: Criteria) -> list[str]:
     out = []
     if v.nonfinite_rows:
         out.append(f"{v.nonfinite_rows} input(s) gave NaN/inf probabilities")
-    if c.min_agreement is not None and v.top1_agreement < c.min_agreement:
-        out.append(
-            f"top-1 agreement {v.top1_agreement:.4f} is below {c.min_agreement} "
-            f"({len(v.disagreements)} of {v.images - v.near_ties} decisive inputs differ)"
-        )
+    out += _agreement_failures(v, c)
     if c.max_prob_diff is not None and not v.max_prob_diff <= c.max_prob_diff:
         out.append(f"max probability difference {v.max_prob_diff:.4g} exceeds {c.max_prob_diff}")
     if c.max_drop_points is not None and v.accuracy is not None:
         drop = v.accuracy["accuracy_drop_points"]
         if drop > c.max_drop_points:
-            out.append(f"accuracy drop {drop:.2f} points exceeds {c.max_drop_points:.2f}")
+            pair = v.accuracy["accuracy_paired"]
+            out.append(f"accuracy drop {drop:.2f} points exceeds {c.max_drop_points:.2f} ({pair['lost']} labelled "
+                       f"photo(s) lost, {pair['gained']} gained, of {v.accuracy['labelled_images']})")
     return out
 
 
@@ -251,7 +340,9 @@ def compare(
     diff[bad] = np.inf
     top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] >= 2 else np.concatenate([np.zeros_like(ref), ref], axis=1)
     tie = (top2[:, 1] - top2[:, 0]) < criteria.tie_margin
-    agree = (np.argmax(np.where(bad[:, None], -np.inf, cand), axis=1) == np.argmax(ref, axis=1)) & ~bad
+    cand_top = np.where(bad, -1, np.argmax(np.where(np.isfinite(cand), cand, -np.inf), axis=1))  # NaN row: no class
+    ref_top = np.argmax(ref, axis=1)
+    agree = cand_top == ref_top
     decisive = ~tie | bad  # a NaN row always counts against the candidate
     verdict = Verdict(
         passed=False,
@@ -268,8 +359,9 @@ def compare(
         candidate=candidate,
         reference=reference,
         inputs=inputs,
-        accuracy=_accuracy(cand, ref, labels) if labels is not None and len(labels.values) else None,
+        accuracy=_accuracy(cand_top, ref_top, labels) if labels is not None and len(labels.values) else None,
         checked_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        agreement=agreement_block(agree, decisive, criteria.min_agreement, criteria.confidence),
     )
     verdict.failures = _failures(verdict, criteria)
     verdict.passed = not verdict.failures

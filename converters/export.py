@@ -307,6 +307,15 @@ def _parity_gate(
     return gate
 
 
+def _provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's model origins and licences; rebuilt from its backbone and detector names if it predates them."""
+    if isinstance(meta.get("provenance"), dict) and meta["provenance"]:
+        return dict(meta["provenance"])
+    from facediag.training.checkpoint import model_provenance
+
+    return model_provenance(str(meta["backbone"]), (meta.get("data") or {}).get("detector"))
+
+
 def _healthy_class(meta: dict[str, Any], classes: list[str], ckpt_dir: Path) -> str:
     """The checkpoint's healthy class; ModelFileError when it is not one of its classes."""
     healthy = meta.get("healthy_class")
@@ -391,6 +400,7 @@ def export_checkpoint(
         }
         if threshold_check is not None:
             extra["thresholds_check"] = threshold_check
+        extra["provenance"] = _provenance(meta)
         create_bundle(
             work,
             classes=classes,

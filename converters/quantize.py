@@ -95,9 +95,45 @@ def _pre_process(src: Path, dst: Path) -> Path:
         return src
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib_reader: Any, settings: QuantSettings) -> None:
-    """Static QDQ quantisation of ``fp32_path`` into ``out_path`` with ranges from ``calib_reader``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+# quantize_static's extra_options that reach the calibrator, under the calibrator's names (ORT's own mapping).
+_CALIBRATOR_OPTIONS = (
+    ("CalibTensorRangeSymmetric", "symmetric"),
+    ("CalibMovingAverage", "moving_average"),
+    ("CalibMovingAverageConstant", "averaging_constant"),
+    ("CalibMaxIntermediateOutputs", "max_intermediate_outputs"),
+    ("CalibPercentile", "percentile"),
+)
+
+
+def can_stream_histograms() -> bool:
+    """Whether this ONNX Runtime's ``quantize_static`` takes precomputed ranges (``calibration_cache_path``)."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _quantize_options(settings: QuantSettings) -> tuple[Any, Any, dict[str, Any]]:
+    from onnxruntime.quantization import QuantType
+
+    if settings.target == "tensorrt":
+        extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        return QuantType.QInt8, QuantType.QInt8, extra
+    return QuantType.QUInt8, QuantType.QInt8, {"ActivationSymmetric": False, "WeightSymmetric": True}
+
+
+def quantize_onnx(
+    fp32_path: str | Path, out_path: str | Path, calib_reader: Any, settings: QuantSettings, *, stream: bool = True
+) -> dict[str, Any]:
+    """Static QDQ quantisation of ``fp32_path`` into ``out_path`` with ranges from ``calib_reader``.
+
+    Entropy and percentile ranges are computed by :mod:`facediag.calibration.streaming` (two streamed
+    passes, one batch of activations in memory; ``calib_reader`` must be rewindable) unless ``stream``
+    is False or this ONNX Runtime cannot take precomputed ranges, when ORT collects every batch's
+    activations at once (the old, memory-hungry way). Returns how the ranges were collected.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     if calib_reader is None:
         raise ConfigError(
@@ -107,19 +143,28 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib_reader: Any
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[settings.method]
-    if settings.target == "tensorrt":
-        act, wt = QuantType.QInt8, QuantType.QInt8
-        extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True}
-    else:
-        act, wt = QuantType.QUInt8, QuantType.QInt8
-        extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    extra["CalibMaxIntermediateOutputs"] = 8  # fold ranges every 8 batches: bounded memory on big sets
+    act, wt, extra = _quantize_options(settings)
+    extra["CalibMaxIntermediateOutputs"] = 8  # minmax: fold ranges every 8 batches, bounded memory on big sets
+    streamed = stream and settings.method != "minmax" and can_stream_histograms()
+    if stream and settings.method != "minmax" and not streamed:
+        log.warning("this onnxruntime cannot take precomputed ranges: %s calibration keeps every batch's "
+                    "activations in memory (onnxruntime >= 1.32 streams them)", settings.method)
     with tempfile.TemporaryDirectory(prefix="facediag-quant-") as tmp:
         src = _pre_process(fp32_path, Path(tmp) / "pre.onnx") if settings.preprocess else fp32_path
+        reader, cache = calib_reader, None
+        if streamed:
+            from onnxruntime.quantization.calibrate import save_tensors_data
+
+            from facediag.calibration.streaming import streamed_histogram_ranges
+
+            calib_options = {name: extra[key] for key, name in _CALIBRATOR_OPTIONS if key in extra}
+            cache = Path(tmp) / "ranges.json"
+            save_tensors_data(streamed_histogram_ranges(src, calib_reader, method, calib_options), cache)
+            reader = None  # the ranges come from the cache file
         quantize_static(
             str(src),
             str(out_path),
-            calib_reader,
+            reader,
             quant_format=QuantFormat.QDQ,
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
@@ -129,4 +174,8 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calib_reader: Any
             calibrate_method=method,
             extra_options=extra,
             calibration_providers=["CPUExecutionProvider"],
+            **({} if cache is None else {"calibration_cache_path": str(cache)}),
         )
+    how = "streamed two-pass histograms" if streamed else ("minmax, folded every 8 batches"
+                                                            if settings.method == "minmax" else "all batches at once")
+    return {"range_collection": how}

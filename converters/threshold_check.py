@@ -2,7 +2,9 @@
 
 ``facediag evaluate`` chooses each condition's threshold on validation data for a target
 sensitivity and records, beside it, the sensitivity and specificity reached there
-(``threshold_selection.on_val``). A threshold low enough to reach the sensitivity may refer most
+(``threshold_selection.on_val``), and those of the station's "refer" with all thresholds
+together (``threshold_selection.refer_on_val``: any condition reaching its threshold refers,
+so the combined specificity is lower than any one class's). A threshold low enough to reach the sensitivity may refer most
 people who do not have the condition; the export refuses it below a specificity floor unless the
 user accepts it explicitly, and the bundle records that acceptance.
 """
@@ -39,6 +41,22 @@ def validation_figures(report: Mapping[str, Any], condition: str) -> tuple[float
         return float(v)
 
     return number("sensitivity"), number("specificity")
+
+
+def _refer_on_val(report: Mapping[str, Any], thresholds: Mapping[str, float]) -> dict[str, Any] | None:
+    """The report's combined "refer" figures on validation data, when they belong to these very thresholds."""
+    selection = report.get("threshold_selection")
+    refer = selection.get("refer_on_val") if isinstance(selection, Mapping) else None
+    chosen = report.get("thresholds")
+    if not isinstance(refer, Mapping) or not isinstance(chosen, Mapping):
+        return None
+    if {str(k): float(v) for k, v in chosen.items()} != {str(k): float(v) for k, v in thresholds.items()}:
+        log.warning("the exported thresholds differ from the report's: the combined refer specificity is not checked")
+        return None
+    spec = refer.get("specificity")
+    if isinstance(spec, bool) or not isinstance(spec, int | float) or not math.isfinite(spec):
+        return {**dict(refer), "specificity": None}
+    return {**dict(refer), "specificity": float(spec)}
 
 
 def _who(condition: str, classes: Sequence[str], healthy_class: str) -> str:
@@ -79,6 +97,17 @@ def check_threshold_specificity(
                 f"{c} at threshold {thresholds[c]:.3f} has validation specificity {spec:.0%}{sens_txt}: "
                 f"at this threshold about {1 - spec:.0%} of {_who(c, classes, healthy_class)} would be referred for {c}"
             )
+    refer = _refer_on_val(report, thresholds)
+    several = sum(1 for c in classes if c in thresholds and c != healthy_class) > 1  # one: the same as its own figure
+    if several and refer is not None and refer["specificity"] is not None and refer["specificity"] < min_specificity:
+        sens = refer.get("sensitivity")
+        sens_txt = "" if not isinstance(sens, int | float) else f", sensitivity {sens:.0%}"
+        low.append(
+            f"all thresholds together (the station refers when any condition reaches its threshold) have validation "
+            f"specificity {refer['specificity']:.0%}{sens_txt}: about {1 - refer['specificity']:.0%} of "
+            f"{healthy_class} people would be referred"
+        )
+        low_names.append("refer")
     problems = []
     if low:
         problems.append(f"specificity below the floor of {min_specificity:.0%}: " + "; ".join(low))
@@ -98,6 +127,7 @@ def check_threshold_specificity(
     return {
         "min_specificity": float(min_specificity),
         "validation": validation,
+        "refer": refer,
         "below_floor": low_names,
         "unknown_specificity": unknown,
         "accepted_low_specificity": bool(problems),

@@ -7,6 +7,10 @@ agrees on (almost) every crop and that no class probability moves by more than a
 set amount. The result is written into the engine's manifest, where the daemon
 and an auditor can read that this engine, on this device, was proven.
 
+The check is judged by the one comparison layer (:mod:`facediag.converters.compare`):
+agreement on non-tie crops shown at 95 % confidence (so a handful of crops is refused,
+with the number needed), agreement over all crops, and the probability difference.
+
 Reference: by default the ONNX file the engine was built from (so the check
 isolates what TensorRT did); ``reference="fp32"`` compares with the FP32 model
 instead (what the bundle's accuracy gate was measured against).
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from facediag.converters.agreement import DEFAULT_CONFIDENCE
 from facediag.converters.compare import Verdict, compare_engines, ort_opener, verify_criteria
 from facediag.edge import precision as precision_table
 from facediag.edge.errors import ConfigError, FacediagError
@@ -120,6 +125,8 @@ def verify_bundle(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_prob_diff: float | None = None,
     tie_margin: float | None = None,
+    min_agreement_all: float | None = None,
+    confidence: float | None = DEFAULT_CONFIDENCE,
     batch_size: int = 8,
     engine_dir: str | Path | None = None,
     inputs_name: str = "arrays",
@@ -133,6 +140,9 @@ def verify_bundle(
     ``onnxruntime`` runs the precision's ONNX file in ONNX Runtime (reference: FP32), which is how
     ``int8-cpu`` is verified; None picks TensorRT for precisions it runs, else ONNX Runtime.
     ``candidate_factory`` replaces how the candidate engine is opened (tests).
+    ``min_agreement_all``: agreement over every input, near-ties included (None: ``min_agreement`` - 0.02);
+    ``confidence``: the level at which ``min_agreement`` must be shown (None or 0: point estimate only);
+    too few inputs then fail the check, and the verdict says how many are needed.
     """
     from facediag.edge.bundle import load_bundle
     from facediag.edge.engine.manifest import (
@@ -146,7 +156,8 @@ def verify_bundle(
     key = precision_table.cli_name(precision)
     runtime = _backend_for(key, backend)
     criteria = verify_criteria(key, min_agreement, max_prob_diff,
-                               **({} if tie_margin is None else {"tie_margin": tie_margin}))
+                               **({} if tie_margin is None else {"tie_margin": tie_margin}),
+                               min_agreement_all=min_agreement_all, confidence=confidence)
     manifest = manifest_path = None
     if runtime == precision_table.TENSORRT:
         engine_path = Path(engine_dir or bundle.path) / engine_file_name(key)
@@ -176,7 +187,7 @@ def verify_bundle(
         candidate_factory, ort_opener(ref_path, ref_key), inputs, criteria, batch_size=batch_size,
         candidate=cand_name, reference=f"ONNX Runtime {ref_path.name} (CPU)", inputs_name=inputs_name,
     )
-    if result.images < MIN_RECOMMENDED_INPUTS:
+    if criteria.confidence is None and result.images < MIN_RECOMMENDED_INPUTS:
         log.warning(
             "only %d inputs: one disagreement moves agreement by %.3f; use %d or more crops for a meaningful check",
             result.images, 1.0 / result.images, MIN_RECOMMENDED_INPUTS,

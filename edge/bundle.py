@@ -121,6 +121,13 @@ class Bundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Origin and licence of the backbone(s) and detector (``{"backbones": [...], "detector": ...}``); ``{}``
+        for a bundle exported before facediag recorded them."""
+        found = self.extra.get("provenance")
+        return dict(found) if isinstance(found, dict) else {}
+
     def model_path(self, precision: str = "fp32") -> Path:
         """Path of the ONNX file for ``precision``; BundleError naming the precisions there are otherwise."""
         if precision not in self.precisions:
@@ -303,6 +310,8 @@ def _validate(doc: dict[str, Any], folder: Path) -> Bundle:
     _require(isinstance(doc["creator"], str) and bool(doc["creator"]), "field 'creator' must be a string")
     source = doc["source_checkpoint"]
     _require(isinstance(source, dict) and "path" in source and "sha256" in source, "field 'source_checkpoint' needs 'path' and 'sha256'")
+    # optional (bundles exported before it was recorded have none): model origins and licences
+    _require(isinstance(doc.get("provenance", {}), dict), "field 'provenance' must be an object")
     known = set(REQUIRED_FIELDS) | {SELF_HASH_FIELD}
     return Bundle(
         path=folder,

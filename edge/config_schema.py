@@ -17,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
+from facediag.edge.compat import type_hints
 from facediag.edge.errors import ConfigError
 from facediag.edge.registry import Registry, suggest
 
@@ -127,7 +128,7 @@ def _suggest(name: str, known: list[str], prefix: str) -> str:
 def _build_section(name: str, cls: type, table: Any, base_dir: Path | None) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"[{name}] must be a table (a [{name}] header with key = value lines), got {_type_name(table)}")
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)  # typing.get_type_hints, also on Python 3.8
     known = [f.name for f in fields(cls)]
     for key in table:
         if key not in known:

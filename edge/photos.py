@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facediag.edge.compat import is_relative_to
+from facediag.edge.crop_folders import AlignedCropFolder, read_crop_folder
 from facediag.edge.errors import ConfigError, FacediagError
 
 if TYPE_CHECKING:  # numpy and the face front-end load only when photos are cropped
@@ -87,7 +89,7 @@ def escapes(path: Path, root: Path) -> bool:
     daemon read elsewhere; issue 11). Training and evaluation sets made of symlinks to a photo
     collection stay allowed: that is how the project builds them without copying photos."""
     try:
-        inside = path.resolve().is_relative_to(root.resolve())
+        inside = is_relative_to(path.resolve(), root.resolve())
     except (OSError, RuntimeError):  # a symlink loop
         inside = False
     if not inside:
@@ -172,6 +174,8 @@ def read_labelled_csv(
     if not images_dir.is_dir():
         raise PhotoSetError(f"--images {images_dir}: not a folder")
     photos: list[LabelledPhoto] = []
+    crops = read_crop_folder(images_dir)  # a `facediag crop` folder: the CSV names the source photos
+    not_cropped = 0
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         missing_cols = {"image", "label"} - set(reader.fieldnames or [])
@@ -191,9 +195,17 @@ def read_labelled_csv(
             if splits is not None and split not in splits:
                 raise PhotoSetError(f"{where}: unknown split {split!r} for {image}; use one of {', '.join(splits)}")
             path = images_dir / image
+            if crops is not None and image in crops.skipped:
+                not_cropped += 1  # `facediag crop` found no usable face in it
+                continue
+            if crops is not None and image in crops.outputs:
+                path = images_dir / crops.outputs[image]
             if not path.is_file():
                 raise PhotoSetError(f"{where}: image {image} not found under {images_dir}")
             photos.append(LabelledPhoto(path, label, split, where=where, name=image))
+    if not_cropped:
+        log.warning("%s: %d photo(s) listed in %s have no crop (skipped by `facediag crop`; see its manifest.csv)",
+                    images_dir, not_cropped, csv_path.name)
     if not photos:
         raise PhotoSetError(f"{csv_path}: no rows{f' with split {only_split!r}' if only_split else ''}")
     return photos
@@ -221,10 +233,13 @@ def read_labelled_folder(root: str | Path) -> list[LabelledPhoto]:
     else:
         layout = [(DEFAULT_SPLIT, root)]
     photos: list[LabelledPhoto] = []
+    crops = read_crop_folder(root)  # a `facediag crop` folder: photos keep their source names
+    sources = crops.sources if crops is not None else {}
     for split, base in layout:
         for cdir in _visible_dirs(base):
             for p in list_images(cdir):
-                photos.append(LabelledPhoto(p, cdir.name, split, where=str(p), name=p.relative_to(root).as_posix()))
+                rel = p.relative_to(root).as_posix()
+                photos.append(LabelledPhoto(p, cdir.name, split, where=str(p), name=sources.get(rel, rel)))
     if not photos:
         raise PhotoSetError(f"{root}: no images found; expected {root}/<class>/<photo>.jpg (suffixes {suffix_list()})")
     return photos
@@ -265,17 +280,30 @@ class PhotoCropper:
     (training, evaluation), ``yes`` takes every image as an aligned crop (its size must be the
     contract's), ``auto`` takes images of exactly the contract's crop size as crops. Without a
     ``detector`` an MTCNN detector is made on first use (aligned crops need none).
+
+    ``crop_folder`` (a ``facediag crop`` output, ``facediag.edge.crop_folders``) is the folder the
+    aligned crops come from: it is refused here when it was aligned for another template, and
+    named in ``description``. The crops of that folder are the ones this cropper's detecting
+    branch makes of the source photos (``facediag crop`` runs the same ``PhotoFrontEnd``).
     """
 
-    def __init__(self, contract: PreprocessContract, detector: Detector | None = None, *, aligned: str = "no") -> None:
+    def __init__(self, contract: PreprocessContract, detector: Detector | None = None, *, aligned: str = "no",
+                 crop_folder: AlignedCropFolder | None = None) -> None:
         if aligned not in ALIGNED_MODES:
             raise ConfigError(f"aligned must be one of {', '.join(ALIGNED_MODES)}, got {aligned!r}")
+        if crop_folder is not None:
+            if aligned == "no":
+                raise ConfigError("a crop folder was given but aligned is 'no': its crops would be detected again")
+            crop_folder.check(contract)
         self.contract = contract
         self.detector = detector
         self.aligned = aligned
+        self.crop_folder = crop_folder
         self._front_end: PhotoFrontEnd | None = None
         # What the crops were made with, for manifests; the detector is named once it is used.
         self.description: dict[str, Any] = {"aligned": aligned}
+        if crop_folder is not None:
+            self.description["aligned_crops"] = crop_folder.summary()
 
     @property
     def detector_name(self) -> str:

@@ -25,6 +25,7 @@ import difflib
 import importlib
 import logging
 import threading
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Factory", "Registry", "RegistrySpec", "UnknownEntryError", "load_factory", "suggest"]
 
 #: A callable, or ``"package.module:function"`` imported when first used.
-Factory = str | Callable[..., Any]
+Factory = typing.Union[str, typing.Callable[..., Any]]  # typing.*: evaluated at run time (3.8)
 
 
 class RegistrySpec(Protocol):

@@ -14,6 +14,13 @@ from facediag.edge.version import __version__
 
 log = logging.getLogger("facediag")
 
+# Python 3.8 (JetPack 5, whose TensorRT 8.5 has Python bindings for 3.8 only) runs a station: these
+# commands and all of facediag.edge. The workstation's (crop to export, quantisation, evaluation, the demo,
+# which builds its model with torch) and the fleet collector's need Python 3.10 or newer, and say so.
+# .ci/py38 runs the station's tests under a real CPython 3.8.
+PYTHON_3_8_COMMANDS = frozenset({"station", "build", "verify", "run", "bench", "models", "keygen", "sign"})
+WORKSTATION_PYTHON = (3, 10)
+
 # Order in which subcommands are listed in --help (the user's path through the tool).
 _ORDER = [
     "crop", "train", "evaluate", "compare", "export", "calibrate", "quantize", "fp16", "keygen", "sign",
@@ -59,9 +66,35 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     use_journal_priorities()  # under systemd: <N> priority prefixes, so `journalctl -p err` finds the errors
 
 
+def python_refusal(command: str, version: tuple[int, int, int] = sys.version_info[:3]) -> str | None:
+    """Why ``command`` cannot run on this (older) Python, or None when it can; see PYTHON_3_8_COMMANDS."""
+    if command in PYTHON_3_8_COMMANDS or version[:2] >= WORKSTATION_PYTHON:
+        return None
+    need = ".".join(map(str, WORKSTATION_PYTHON))
+    return (
+        f"`facediag {command}` needs Python {need} or newer; this is Python {'.'.join(map(str, version))}. "
+        f"On Python 3.8 (JetPack 5) facediag runs the station's commands only: "
+        f"{', '.join(sorted(PYTHON_3_8_COMMANDS))}. Run `facediag {command}` where Python >= {need} is installed "
+        "(a workstation, the fleet's collector host, or a JetPack 6 station)"
+    )
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv`` (the top-level options take no values, so it is the first non-option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = _command_name(words)
+    known = {m.NAME for m in _command_modules()}
+    refusal = python_refusal(command) if command is not None and command in known else None
+    if refusal is not None:  # before argparse, which would first complain about the command's options
+        _configure_logging(0, False)
+        log.error("%s", refusal)
+        return 1
+    args = parser.parse_args(words)
     _configure_logging(args.verbose, args.quiet)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -37,8 +37,33 @@ def yale_photo(name: str) -> np.ndarray:
     return load_image(fixture_path(f"faces/yale/{name}"))
 
 
+_BUILT_BUNDLE: list[Path] = []  # the one real build of this test process (see build_test_bundle)
+
+
 def build_test_bundle(out_dir: Path) -> Path:
-    """MobileFaceNet (fixture checkpoint) + a 2-class head (glasses vs healthy) fitted on Yale crops."""
+    """MobileFaceNet (fixture checkpoint) + a 2-class head (glasses vs healthy) fitted on Yale crops.
+
+    Built once per test process (cropping, fitting and the export's parity check take 20-50 s) and copied
+    into ``out_dir`` for every caller, so a test that changes its bundle never touches another's.
+    """
+    import shutil
+    import tempfile
+
+    prebuilt = os.environ.get("FACEDIAG_TEST_BUNDLE")  # built by another interpreter: .ci/py38 (3.8 has no torch)
+    if not _BUILT_BUNDLE and prebuilt:
+        _BUILT_BUNDLE.append(Path(prebuilt))
+    if not _BUILT_BUNDLE:
+        cache = Path(tempfile.mkdtemp(prefix="fd-test-bundle-"))
+        import atexit
+
+        atexit.register(shutil.rmtree, cache, True)
+        _BUILT_BUNDLE.append(_build_test_bundle(cache))
+    dest = Path(out_dir) / "bundle"
+    shutil.copytree(_BUILT_BUNDLE[0], dest)
+    return dest
+
+
+def _build_test_bundle(out_dir: Path) -> Path:
     import torch
     from sklearn.linear_model import LogisticRegression
 
@@ -138,7 +163,7 @@ class NotifyListener:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(65536)
-            except TimeoutError:
+            except socket.timeout:  # noqa: UP041 - on Python 3.8 (.ci/py38) it is not TimeoutError
                 continue
             except OSError:
                 return

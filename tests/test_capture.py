@@ -27,6 +27,7 @@ from facediag.edge.capture import (  # noqa: E402
     parse_source_uri,
 )
 from facediag.edge.capture import supervisor as sup_mod  # noqa: E402
+from facediag.edge.compat import zip_strict  # noqa: E402 - zip(strict=True), also on 3.8
 from facediag.edge.errors import ConfigError  # noqa: E402
 from tests.conftest import fixture_path  # noqa: E402
 
@@ -132,7 +133,7 @@ def test_latest_frame_fast_producer_slow_consumer_counts_drops():
     assert box.dropped > 0, "a slow consumer must cause drops"
     # Every frame is either taken or dropped, and the sequence gaps are exactly the drops.
     assert box.taken + box.dropped == n
-    gaps = sum(b - a - 1 for a, b in zip([0] + got, got, strict=False))
+    gaps = sum(b - a - 1 for a, b in zip_strict([0, *got][:-1], got))
     assert gaps == box.dropped
 
 
@@ -178,7 +179,7 @@ def test_video_file_no_loop_reads_every_frame_then_ends(video_file):
             got.append(src.read())
     src.close()
     assert len(got) == len(frames)
-    for g, f in zip(got, frames, strict=True):
+    for g, f in zip_strict(got, frames):
         assert g.dtype == np.uint8 and g.shape == (SIZE[1], SIZE[0], 3)
         assert _close(g, f)
 
@@ -239,7 +240,7 @@ def test_image_folder_reads_in_name_order_skips_bad_files(tmp_path):
     from facediag.edge.face.imageio import load_image
 
     names = ["b.jpg", "a.jpg", "c.png"]
-    for name, rel in zip(names, PHOTOS, strict=True):
+    for name, rel in zip_strict(names, PHOTOS):
         img = cv2.imread(str(fixture_path(rel)))
         cv2.imwrite(str(tmp_path / name), cv2.resize(img, SIZE))
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
@@ -251,7 +252,7 @@ def test_image_folder_reads_in_name_order_skips_bad_files(tmp_path):
         for _ in range(10):
             got.append(src.read())
     assert len(got) == 3
-    for frame, name in zip(got, ["a.jpg", "b.jpg", "c.png"], strict=True):
+    for frame, name in zip_strict(got, ["a.jpg", "b.jpg", "c.png"]):
         assert np.array_equal(frame, load_image(tmp_path / name))
     assert [p.name for p in src.skipped] == ["broken.jpg"]
     looped = make_source(str(tmp_path), loop=True)

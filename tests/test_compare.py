@@ -20,7 +20,12 @@ from facediag.converters.compare import (
     verify_criteria,
 )
 from facediag.edge.errors import ConfigError, FacediagError
-from tests.conftest import fixture_path
+from tests.colour_model import (
+    celeba_inputs,
+    colour_weights,
+    make_colour_bundle,
+    write_colour_classifier,
+)
 
 # Reference rows, each with its top-1 margin worked out by hand:
 REF = np.array(
@@ -128,76 +133,23 @@ def test_verify_criteria_take_the_precision_tables_default() -> None:
 
 # --------------------------------------------------------------------------- the three callers, real runtimes
 
-H, W = 112, 96
-
-
-def _weights(shift: float) -> tuple[np.ndarray, np.ndarray]:
-    w = np.array([[30, -15, -15], [-15, 30, -15], [-15, -15, 30]], np.float32)
-    b = (-np.array([0.52, 0.445, 0.397], np.float32) @ w) + np.array([shift, 0.0, -shift], np.float32)
-    return w, b.astype(np.float32)
-
-
-def _make_onnx(path: Path, shift: float = 0.0) -> Path:
-    """A 3-class colour classifier on the channel means (softmax of a Gemm), as a real ONNX file."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    w, b = _weights(shift)
-    nodes = [
-        helper.make_node("Mul", ["input", "scale"], ["scaled"]),
-        helper.make_node("GlobalAveragePool", ["scaled"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "colour", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, H, W])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
-        initializer=[numpy_helper.from_array(np.array(1 / 255.0, np.float32), "scale"),
-                     numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def _crops(n: int) -> np.ndarray:
-    import cv2
-
-    from facediag.edge.face.contract import PreprocessContract, crops_to_input
-
-    files = sorted(fixture_path("faces/celeba").glob("*.jpg"))[:n]
-    crops = np.stack([cv2.resize(cv2.imread(str(f)), (W, H), interpolation=cv2.INTER_AREA) for f in files])
-    return crops_to_input(crops, PreprocessContract(template="sphereface_112x96"))
+    return celeba_inputs(n)
 
 
 @pytest.fixture()
 def bundle_dir(tmp_path: Path) -> Path:
     pytest.importorskip("onnxruntime")
-    from facediag.edge.bundle import create_bundle
-    from facediag.edge.face.contract import PreprocessContract
-    from facediag.edge.hashing import sha256_file
-
-    folder = tmp_path / "bundle"
-    folder.mkdir()
-    _make_onnx(folder / "model.onnx")
-    ckpt = tmp_path / "ckpt.bin"
-    ckpt.write_bytes(b"checkpoint stand-in")
-    create_bundle(
-        folder, classes=["healthy", "pale_skin", "round_face"], healthy_class="healthy",
-        contract=PreprocessContract(template="sphereface_112x96"), thresholds={"pale_skin": 0.5, "round_face": 0.5},
-        fp32_file="model.onnx", fp32_gate={"passed": True}, source_checkpoint={"path": str(ckpt), "sha256": sha256_file(ckpt)},
-        creator="facediag test",
-    )
-    return folder
+    return make_colour_bundle(tmp_path)
 
 
 def _expected_agreement(shift: float, x: np.ndarray, margin: float = 0.01) -> float:
     """The agreement figure worked out in numpy, independently of ONNX Runtime and of compare()."""
 
     def probs(s: float) -> np.ndarray:
-        w, b = _weights(s)
+        w, b = colour_weights(s)
         z = (x.astype(np.float64) / 255.0).mean(axis=(2, 3)) @ w + b
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -219,7 +171,7 @@ def test_gate_and_verify_record_the_same_verdict(bundle_dir: Path) -> None:
     expected = _expected_agreement(shift, x)
     assert 0.0 < expected < 1.0  # the shifted model really flips some decisive crops
     candidate = bundle_dir / ".model.fp16.onnx.candidate"
-    _make_onnx(candidate, shift=shift)
+    write_colour_classifier(candidate, shift=shift)
     bundle = load_bundle(bundle_dir)
     criteria = gate_criteria(min_agreement=0.0, max_drop_points=100.0)
     gated = gate_and_add(bundle, "fp16", candidate, x, criteria, settings={"tool": "test"})
@@ -245,7 +197,7 @@ def test_export_parity_is_the_same_verdict(bundle_dir: Path) -> None:
     class Colour(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            w, b = _weights(0.0)
+            w, b = colour_weights(0.0)
             self.w, self.b = torch.from_numpy(w), torch.from_numpy(b)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,6 +207,6 @@ def test_export_parity_is_the_same_verdict(bundle_dir: Path) -> None:
     record = parity(Colour(), bundle_dir / "model.onnx", x, tolerance=1e-4)
     assert record["format"] == VERDICT_FORMAT and record["kind"] == EXPORT_PARITY and record["passed"]
     assert record["reference"] == "pytorch" and record["images"] == 12 and record["max_prob_diff"] <= 1e-4
-    _make_onnx(bundle_dir / "shifted.onnx", shift=0.3)
+    write_colour_classifier(bundle_dir / "shifted.onnx", shift=0.3)
     with pytest.raises(ExportError, match="differ by"):
         parity(Colour(), bundle_dir / "shifted.onnx", x, tolerance=1e-4)

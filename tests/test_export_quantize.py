@@ -237,7 +237,9 @@ def test_calibration_set_is_stratified_verified_and_has_a_holdout(calib: Path, b
 # what these tests check is the gate's mechanics. The probability bound has moved twice with the data:
 # 0.25 held in release 0.1.0; onnxruntime 1.32's U8/S8 kernels moved one held-out photo by 0.30; since
 # PhotoFrontEnd retries tight crops (issue 10) more CelebA photos are cropped and one moves by 0.55.
-LENIENT_INT8_CRITERIA = ["--min-agreement", "0.85", "--max-drop", "10", "--max-prob-diff", "0.6"]
+# Since issue 10 the agreement criterion must be shown at 95% confidence: ~80 gate photos with a few flips
+# bound agreement near 0.8-0.85 (Clopper-Pearson), so the criterion is 0.75; the point figure is asserted below.
+LENIENT_INT8_CRITERIA = ["--min-agreement", "0.75", "--max-drop", "10", "--max-prob-diff", "0.6"]
 
 def _val_args(labels_csv: Path) -> list[str]:
     return ["--val", str(labels_csv), "--val-images", str(CELEBA), "--val-split", "test", *DETECT]
@@ -247,7 +249,9 @@ def test_fp16_passes_the_gate_and_keeps_float32_io(bundle: Path, calib: Path, la
     from facediag.edge.bundle import load_bundle
     from facediag.edge.engine.onnxruntime import OrtEngine
 
-    assert _cli("fp16", bundle, "--calib", calib, *_val_args(labels_csv)) == 0
+    # ~120 gate photos cannot show 99% at 95% confidence (299 are needed): 0.9 can be shown, and the
+    # point figure must still reach 99%.
+    assert _cli("fp16", bundle, "--calib", calib, "--min-agreement", "0.9", *_val_args(labels_csv)) == 0
     b = load_bundle(bundle)
     gate = b.precisions["fp16"].gate
     assert gate["passed"] and gate["top1_agreement"] >= 0.99 and gate["accuracy_drop_points"] <= 1.0
@@ -272,7 +276,8 @@ def test_int8_passes_the_gate_with_the_target_quantisation(bundle: Path, calib: 
     assert entry.target == target and entry.file == f"model.int8-{target}.onnx"
     gate = entry.gate
     assert gate["passed"] and gate["top1_agreement"] >= 0.85 and gate["max_prob_diff"] <= 0.6
-    assert gate["criteria"]["min_agreement"] == 0.85 and gate["settings"]["per_channel"] is True
+    assert gate["criteria"]["min_agreement"] == 0.75 and gate["settings"]["per_channel"] is True
+    assert gate["agreement"]["non_ties"]["lower_bound"] > 0.75 and gate["criteria"]["confidence"] == 0.95
     assert gate["heldout_images"] >= 30 and gate["labelled_images"] >= 30 and gate["kind"] == "precision-gate"
     model = onnx.load(str(b.model_path(f"int8-{target}")))
     inits = {t.name: t for t in model.graph.initializer}
@@ -336,7 +341,10 @@ def test_verify_checks_the_int8_cpu_model_against_fp32(bundle: Path, calib: Path
     agreement = float(np.mean(ref.argmax(1)[decisive] == got.argmax(1)[decisive]))
     max_diff = float(np.abs(got - ref).max())
     capsys.readouterr()
-    lenient = ["--min-agreement", f"{np.floor(min(agreement, 0.85) * 1e4) / 1e4:.4f}", "--max-prob-diff", f"{max(max_diff, 0.6) + 1e-6:.6f}"]
+    # The figures against numpy are what this test checks: the point estimates alone (--confidence 0; the
+    # sample-size rule has its own tests in test_gates_flips.py), every row included.
+    lenient = ["--min-agreement", f"{np.floor(min(agreement, 0.85) * 1e4) / 1e4:.4f}", "--max-prob-diff",
+               f"{max(max_diff, 0.6) + 1e-6:.6f}", "--confidence", "0", "--min-agreement-all", "0"]
     assert _cli("verify", bundle, "--allow-unsigned", "--precision", "int8-cpu", "--inputs", crops, *lenient) == 0
     out = capsys.readouterr().out
     record = json.loads(out[out.index("{"):])
@@ -350,7 +358,7 @@ def test_verify_checks_the_int8_cpu_model_against_fp32(bundle: Path, calib: Path
     assert gate["format"] == record["format"] and set(gate["criteria"]) == set(record["criteria"])
     # A limit below the real difference fails with exit 1 and says why.
     assert _cli("verify", bundle, "--allow-unsigned", "--precision", "int8-cpu", "--inputs", crops,
-                "--max-prob-diff", f"{max_diff / 2:.6f}") == 1
+                "--max-prob-diff", f"{max_diff / 2:.6f}", "--confidence", "0") == 1
     assert "exceeds" in capsys.readouterr().out
     # TensorRT cannot run int8-cpu: asking for it is a usage error naming the right precision.
     assert _cli("verify", bundle, "--allow-unsigned", "--precision", "int8-cpu", "--backend", "tensorrt",
@@ -411,8 +419,9 @@ def test_thresholds_chosen_by_evaluate_become_the_bundle_thresholds(work: Path, 
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report["thresholds"]) == {"male"}  # the healthy class ("female" here) gets none
     out = work / "bundle_thresholds"
+    # (the specificity floor is the next test's subject: this small model's thresholds may fall below it)
     assert _cli("export", checkpoint, out, "--images", CELEBA, "--csv", labels_csv, "--count", "4",
-                "--thresholds", report_dir / "report.json", *DETECT) == 0
+                "--thresholds", report_dir / "report.json", "--min-specificity", "0", *DETECT) == 0
     from facediag.edge.bundle import load_bundle
 
     b = load_bundle(out)

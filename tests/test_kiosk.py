@@ -310,3 +310,58 @@ def _answers(port: int) -> bool:
         return True  # 503 while starting or degraded: it answers
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------ the browser's private network (issue 12)
+PROXYD = Path("/usr/lib/systemd/systemd-socket-proxyd")
+SOCKET_ACTIVATE = "systemd-socket-activate"
+
+
+def _proxy_command(daemon_port: int) -> list[str]:
+    """facediag-kiosk-proxy.service's ExecStart, as written in the unit, aimed at the test daemon's port."""
+    from tests.test_systemd_units import UNITS, one, parse_unit
+
+    argv = one(parse_unit(UNITS / "facediag-kiosk-proxy.service"), "Service", "ExecStart").split()
+    assert argv[0] == str(PROXYD) and argv[-1] == "127.0.0.1:8787", argv
+    return [*argv[:-1], f"127.0.0.1:{daemon_port}"]
+
+
+def test_kiosk_page_works_through_the_units_socket_proxy(tmp_path, bundle_dir, yunet, face_video):
+    """The kiosk unit runs Chromium with PrivateNetwork=yes: its 127.0.0.1:8787 is facediag-kiosk-proxy.socket,
+    and the real systemd-socket-proxyd (the unit's own command line) carries the page, the event stream, the
+    preview and the Start POST to the daemon. Here the socket is passed by systemd-socket-activate, as systemd
+    passes it (one listening socket, Accept=no); the namespaces themselves need systemd as PID 1."""
+    import shutil
+    import subprocess
+
+    if not PROXYD.exists() or shutil.which(SOCKET_ACTIVATE) is None:
+        pytest.skip("systemd-socket-proxyd / systemd-socket-activate not installed (apt-get install systemd)")
+    port, front = free_port(), free_port()
+    config = write_station_config(tmp_path, uri=f"file:{face_video}", bundle=bundle_dir, yunet=yunet, port=port,
+                                  loop=True, trigger="button", screening="result_hold_s = 3.0")
+    notify = NotifyListener()
+    proc = start_daemon(config, tmp_path / "cwd", notify, log_path=tmp_path / "daemon.log")
+    proxy = subprocess.Popen([SOCKET_ACTIVATE, "-l", f"127.0.0.1:{front}", *_proxy_command(port)],
+                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "proxy.log", "wb"))
+    browser = None
+    try:
+        assert notify.wait_for("READY=1", 120), (tmp_path / "daemon.log").read_text()
+        browser = Browser(800, 480)
+        browser.driver.get(f"http://127.0.0.1:{front}/kiosk")
+        browser.wait_state("idle", 20)
+        from selenium.webdriver.common.by import By
+
+        browser.driver.find_element(By.ID, "start").click()  # a same-origin POST through the proxy
+        browser.wait_state("screening", 10)
+        browser.wait(lambda: browser.state() == "result", 60, what="an outcome through the proxy")
+        assert browser.js("return document.getElementById('outcome').dataset.decision") in DECISIONS
+        assert api_json(port, "/status")["results"] == 1
+    finally:
+        if browser is not None:
+            browser.close()
+        proxy.terminate()
+        proxy.wait(10)
+        code = stop_daemon(proc)
+        notify.close()
+    assert code == 0, (tmp_path / "daemon.log").read_text()
+    assert "Failed" not in (tmp_path / "proxy.log").read_text()

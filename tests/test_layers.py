@@ -49,7 +49,7 @@ def _module_name(path: Path) -> str:
     top = rel.parts[0]
     prefix = next((name for name, folder in LAYER_FOLDERS.items() if folder == top), top)
     parts = [*prefix.split("."), *rel.parts[1:]]
-    parts[-1] = parts[-1].removesuffix(".py")
+    parts[-1] = parts[-1][:-3] if parts[-1].endswith(".py") else parts[-1]  # runs on Python 3.8 too (.ci/py38)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)

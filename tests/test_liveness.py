@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from facediag.edge.compat import zip_strict  # zip(strict=True) on Python 3.8 too (.ci/py38)
 from facediag.edge.station.liveness import Liveness, LivenessLimits, WatchdogFeeder
 
 
@@ -144,7 +145,7 @@ def test_watchdog_feeder_sends_every_period_while_alive_and_pauses_then_resumes(
         if feeder.tick(now):
             times.append(now)
     assert sent.count == len(times) == 3  # at t+0.1, then once per period
-    assert all(b - a == pytest.approx(1.0) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == pytest.approx(1.0) for a, b in zip_strict(times[:-1], times[1:]))
 
     caplog.set_level(logging.INFO, logger="facediag.edge.station.liveness")
     outage_start = clock()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facediag.edge.compat import zip_strict  # zip(strict=True) on Python 3.8 too (.ci/py38)
 from facediag.edge.errors import ConfigError, ModelFileError
 from facediag.edge.face.detector import Detector, make_detector
 from facediag.edge.face.types import Face
@@ -202,7 +203,7 @@ def test_max_side_maps_results_back(couple: np.ndarray) -> None:
     expected = small.detect(reduced)
     got = bounded.detect(couple)
     assert len(got) == len(expected) >= 2
-    for g, e in zip(got, expected, strict=True):
+    for g, e in zip_strict(got, expected):
         np.testing.assert_allclose(np.array(g.box) * ratio, e.box, atol=1.5)
         np.testing.assert_allclose(g.landmarks * ratio, e.landmarks, atol=1.5)
     assert max(f.box[2] for f in got) > 640  # in the original, larger frame
@@ -227,7 +228,7 @@ def test_ort_and_opencv_backends_agree(couple: np.ndarray) -> None:
     ort_faces = MTCNNDetector(threads=1).detect(image)
     cv_faces = MTCNNDetector(backend="opencv", threads=1).detect(image)
     assert len(ort_faces) >= 2 and len(cv_faces) == len(ort_faces)
-    for a, b in zip(ort_faces, cv_faces, strict=True):
+    for a, b in zip_strict(ort_faces, cv_faces):
         np.testing.assert_allclose(a.box, b.box, atol=3.0)
         np.testing.assert_allclose(a.landmarks, b.landmarks, atol=3.0)
         assert abs(a.score - b.score) < 0.01
@@ -332,7 +333,7 @@ def test_prelu_rewrite_is_exact() -> None:
         b = ort.InferenceSession(rewritten, providers=["CPUExecutionProvider"])
         x = rng.uniform(-1, 1, shapes[net]).astype(np.float32)
         name = a.get_inputs()[0].name
-        for ya, yb in zip(a.run(None, {name: x}), b.run(None, {name: x}), strict=True):
+        for ya, yb in zip_strict(a.run(None, {name: x}), b.run(None, {name: x})):
             np.testing.assert_allclose(ya, yb, rtol=1e-5, atol=1e-5)
 
 
@@ -346,7 +347,7 @@ def test_without_onnx_package_the_shipped_files_are_used(
     assert mtcnn._prelu_free_model(mtcnn.find_model_dir() / "pnet.onnx") is None
     plain = MTCNNDetector(threads=1).detect(image)
     assert len(plain) == len(fast) >= 2
-    for a, b in zip(plain, fast, strict=True):
+    for a, b in zip_strict(plain, fast):
         np.testing.assert_allclose(a.box, b.box, atol=1e-3)
         np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
 
@@ -381,7 +382,7 @@ def test_pyramid_scales_cover_min_face_to_whole_image() -> None:
     scales = mtcnn.pyramid_scales(480, 640, 40, 0.709)
     assert scales[0] == pytest.approx(12 / 40)
     assert 480 * scales[-1] >= 12 > 480 * scales[-1] * 0.709
-    assert all(b == pytest.approx(a * 0.709) for a, b in zip(scales, scales[1:], strict=False))
+    assert all(b == pytest.approx(a * 0.709) for a, b in zip_strict(scales[:-1], scales[1:]))
     assert mtcnn.pyramid_scales(10, 10, 20, 0.709) == []
 
 

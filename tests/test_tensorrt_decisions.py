@@ -48,6 +48,7 @@ from facediag.edge.engine.tensorrt import (
     split_batch,
 )
 from facediag.edge.errors import ConfigError, ModelFileError
+from tests.colour_model import reference_probs, write_colour_classifier
 from tests.conftest import REPO, fixture_path
 from tests.trt_standins import (
     ALL_VERSIONS,
@@ -74,52 +75,6 @@ CC = (8, 7)
 # --------------------------------------------------------------------------- helpers: real ONNX models
 
 
-def _weights(shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """A 3-class colour classifier on the mean of each channel; ``shift`` moves class 0 up and class 2 down."""
-    w = np.array([[30, -15, -15], [-15, 30, -15], [-15, -15, 30]], np.float32)
-    b = (-np.array([0.52, 0.445, 0.397], np.float32) @ w) + np.array([shift, 0.0, -shift], np.float32)
-    return w, b.astype(np.float32)
-
-
-def _reference_probs(x: np.ndarray, shift: float = 0.0) -> np.ndarray:
-    """numpy version of the ONNX graph below (independent of ONNX Runtime)."""
-    w, b = _weights(shift)
-    m = (x.astype(np.float64) / 255.0).mean(axis=(2, 3))
-    z = m @ w + b
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def make_onnx(path: Path, shift: float = 0.0, batch: int | str = "N") -> Path:
-    from onnx import TensorProto, helper, numpy_helper
-
-    w, b = _weights(shift)
-    nodes = [
-        helper.make_node("Mul", ["input", "scale"], ["scaled"]),
-        helper.make_node("GlobalAveragePool", ["scaled"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_colour_classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, H, W])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 3])],
-        initializer=[
-            numpy_helper.from_array(np.array(1 / 255.0, np.float32), "scale"),
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(b, "B"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
 def make_bundle(folder: Path, fp16_shift: float = 0.0, int8_shift: float = 0.0, batch: int | str = "N") -> Path:
     """A real bundle: fp32 model plus 'fp16' and 'int8-tensorrt' files (float32 graphs with shifted weights)."""
     from facediag.edge.bundle import create_bundle
@@ -127,9 +82,9 @@ def make_bundle(folder: Path, fp16_shift: float = 0.0, int8_shift: float = 0.0, 
     from facediag.edge.hashing import sha256_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    make_onnx(folder / "model.onnx", batch=batch)
-    make_onnx(folder / "model.fp16.onnx", shift=fp16_shift, batch=batch)
-    make_onnx(folder / "model.int8-tensorrt.onnx", shift=int8_shift, batch=batch)
+    write_colour_classifier(folder / "model.onnx", batch=batch)
+    write_colour_classifier(folder / "model.fp16.onnx", shift=fp16_shift, batch=batch)
+    write_colour_classifier(folder / "model.int8-tensorrt.onnx", shift=int8_shift, batch=batch)
     ckpt = folder.parent / "ckpt.bin"
     ckpt.write_bytes(b"checkpoint stand-in bytes")
     bundle = create_bundle(
@@ -530,7 +485,7 @@ def test_runtime_runs_engine_through_buffers(tmp_path: Path, bundle_dir: Path, v
     [inp, out] = engine.plans
     assert inp.nbytes == 4 * 3 * H * W * 4 and out.shape == (4, 3)
     probs = engine.infer(x)  # 10 rows through a max-batch-4 engine: three passes
-    np.testing.assert_allclose(probs, _reference_probs(x), atol=1e-4)  # float32 vs float64
+    np.testing.assert_allclose(probs, reference_probs(x), atol=1e-4)  # float32 vs float64
     shapes = [c[1] for c in trt.calls if c[0] == "execute_async_v3"]
     assert shapes[-3:] == [(4, 3, H, W), (4, 3, H, W), (2, 3, H, W)] and shapes[0] == (1, 3, H, W)  # warm-up first
     assert cuda.context_depth() == 0  # context pushed only around work
@@ -641,8 +596,8 @@ def test_fixed_batch_engine_pads_the_last_partial_batch(tmp_path: Path) -> None:
     x = celeba_crops(10)
     probs = engine.infer(x)  # 4 + 4 + 2 rows; the last two are padded to 4 and the padding dropped
     assert probs.shape == (10, 3)
-    np.testing.assert_allclose(probs, _reference_probs(x), atol=1e-4)
-    np.testing.assert_allclose(engine.infer(x[:1]), _reference_probs(x[:1]), atol=1e-4)
+    np.testing.assert_allclose(probs, reference_probs(x), atol=1e-4)
+    np.testing.assert_allclose(engine.infer(x[:1]), reference_probs(x[:1]), atol=1e-4)
     engine.close()
 
 
@@ -692,12 +647,12 @@ def test_verify_math_on_real_onnx_runtime_outputs(tmp_path: Path) -> None:
     from facediag.edge.engine.onnxruntime import OrtEngine
 
     x = celeba_crops(40)
-    ref = OrtEngine(make_onnx(tmp_path / "a.onnx"))
-    perturbed = OrtEngine(make_onnx(tmp_path / "b.onnx", shift=0.5))  # the "second backend"
+    ref = OrtEngine(write_colour_classifier(tmp_path / "a.onnx"))
+    perturbed = OrtEngine(write_colour_classifier(tmp_path / "b.onnx", shift=0.5))  # the "second backend"
     p, q = ref.infer(x), perturbed.infer(x)
     strict = Criteria("device-verify", min_agreement=0.99, max_prob_diff=0.05)
     c = compare(q, p, strict, candidate="b", reference="a", inputs="celeba")
-    expect_p, expect_q = _reference_probs(x), _reference_probs(x, shift=0.5)
+    expect_p, expect_q = reference_probs(x), reference_probs(x, shift=0.5)
     top2 = np.sort(expect_p, axis=1)[:, -2:]
     decisive = top2[:, 1] - top2[:, 0] >= 0.01  # the reference's near-ties are left out of agreement
     flips = expect_p.argmax(1) != expect_q.argmax(1)
@@ -723,8 +678,9 @@ def test_verify_math_on_real_onnx_runtime_outputs(tmp_path: Path) -> None:
 def test_verify_bundle_records_into_manifest(tmp_path: Path, bundle_dir: Path) -> None:
     trt, cuda, device = _built(tmp_path, bundle_dir, V103, "fp16")
     x = celeba_crops(24)
+    # 24 crops show at most 88% agreement at 95% confidence (0.05 ** (1 / 24)): 0.85 is what they can prove.
     result = verify_bundle(
-        bundle_dir, "fp16", x, inputs_name="celeba",
+        bundle_dir, "fp16", x, inputs_name="celeba", min_agreement=0.85,
         candidate_factory=lambda: open_bundle_engine(bundle_dir, "fp16", trt_module=trt, cuda_module=cuda,
                                                      device_info=device),
     )

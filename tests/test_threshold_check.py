@@ -52,3 +52,45 @@ def test_missing_specificity_is_refused_unless_accepted(tmp_path: Path) -> None:
     assert accepted["unknown_specificity"] == ["round_face"] and accepted["accepted_low_specificity"] is True
     with pytest.raises(FacediagError, match="within 0..1"):
         check_threshold_specificity(report, thresholds, CLASSES, "healthy", min_specificity=1.5)
+
+
+def test_refer_on_val_uses_the_station_rule_on_a_hand_checked_case() -> None:
+    """Three healthy and three condition photos. Each threshold alone lets only one healthy photo through, but
+    together they refer two of the three healthy photos: specificity 1/3 where each class shows 2/3."""
+    import numpy as np
+
+    from facediag.training.evaluation import refer_on_val
+
+    classes = ["healthy", "pale_skin", "round_face"]
+    probs = np.array([
+        [0.50, 0.45, 0.05],  # healthy, pale_skin >= 0.4: referred
+        [0.50, 0.05, 0.45],  # healthy, round_face >= 0.4: referred
+        [0.90, 0.05, 0.05],  # healthy, not referred
+        [0.20, 0.70, 0.10],  # pale_skin: referred
+        [0.20, 0.10, 0.70],  # round_face: referred
+        [0.70, 0.20, 0.10],  # pale_skin, missed
+    ])
+    y = np.array([0, 0, 0, 1, 2, 1])
+    thresholds = {"pale_skin": 0.4, "round_face": 0.4}
+    got = refer_on_val(y, probs, classes, "healthy", thresholds)
+    assert got is not None
+    assert got["specificity"] == 1 / 3 and got["sensitivity"] == 2 / 3
+    assert (got["n_healthy"], got["n_condition"]) == (3, 3)
+    assert refer_on_val(y, probs, classes, None, thresholds) is None
+
+
+def test_thresholds_fine_one_by_one_but_not_together_are_refused(tmp_path: Path) -> None:
+    thresholds = {"pale_skin": 0.1, "round_face": 0.4}
+    on_val = {"pale_skin": {"sensitivity": 0.9, "specificity": 0.7}, "round_face": {"sensitivity": 0.9, "specificity": 0.8}}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"model": {"classes": CLASSES}, "thresholds": thresholds, "threshold_selection": {
+        "target_sensitivity": 0.9, "on_val": on_val,
+        "refer_on_val": {"sensitivity": 0.95, "specificity": 0.3, "n_healthy": 10, "n_condition": 20}}}))
+    with pytest.raises(FacediagError, match=r"all thresholds together .* specificity 30%.*about 70% of healthy"):
+        check_threshold_specificity(report, thresholds, CLASSES, "healthy")
+    record = check_threshold_specificity(report, thresholds, CLASSES, "healthy", accept_low=True)
+    assert record["below_floor"] == ["refer"] and record["refer"]["specificity"] == 0.3
+    assert check_threshold_specificity(report, thresholds, CLASSES, "healthy", min_specificity=0.25)["below_floor"] == []
+    # thresholds other than the report's: the combined figure does not describe them and is not used
+    other = {"pale_skin": 0.2, "round_face": 0.4}
+    assert check_threshold_specificity(report, other, CLASSES, "healthy")["refer"] is None

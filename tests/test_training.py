@@ -202,7 +202,7 @@ def test_dtl1_unfreeze_trains_only_the_last_blocks(genki, backbone):
     small = _input(genki, backbone)
     small.train = SplitData(genki["train"].crops[::8], genki["train"].labels[::8])
     small.val = SplitData(genki["val"].crops[::4], genki["val"].labels[::4])
-    fit_sgd(model, small, {**DEFAULTS, "epochs": 1, "lr": 1e-3}, unfreeze=1)
+    fit_sgd(model, small, {**DEFAULTS, "epochs": 1, "lr": 1e-3, "unfreeze_every": 0}, unfreeze=1)
     params = dict(model.named_parameters())
     changed = {n for n, t in model.state_dict().items() if not torch.equal(t, before[n])}
     assert any(n.startswith("head.") for n in changed)
@@ -282,7 +282,9 @@ def dtl2_checkpoint(tmp_path_factory, small_folder, crop_cache_dir, mfn_weights,
     from facediag.training.train import run_training
 
     out = tmp_path_factory.mktemp("ckpt") / "mfn-dtl2"
-    return run_training(_config(small_folder, out, crop_cache_dir, mfn_weights, yunet_model, strategy="dtl2"))
+    # calibration on the val split (not dtl2's default out-of-fold scores) so the val metrics below exist
+    return run_training(_config(small_folder, out, crop_cache_dir, mfn_weights, yunet_model, strategy="dtl2",
+                                calibration_data="val"))
 
 
 def test_checkpoint_is_self_contained_and_reproduces_metrics(dtl2_checkpoint, small_folder, crop_cache_dir,

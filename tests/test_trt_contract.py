@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.colour_model import H, W, reference_probs
 from tests.trt_standins import ALL_VERSIONS, DeviceMemory, make_pycuda_standin, make_tensorrt_standin
 
 MODELS = Path(__file__).resolve().parent / "data" / "contract"  # tiny ONNX files (make_models.py there)
-H, W = 112, 96
 
 TRT_CASES = [pytest.param(v, id=f"standin-{v}") for v in ALL_VERSIONS] + [pytest.param("real", id="real")]
 CUDA_CASES = [pytest.param("standin", id="standin"), pytest.param("real", id="real")]
@@ -211,15 +211,6 @@ def test_garbage_engine_deserializes_to_none(env: Env, tmp_path: Path) -> None:
         ctx.detach()
 
 
-def _reference_probs(x: np.ndarray) -> np.ndarray:
-    """numpy version of classifier.onnx (the weights make_models.py wrote into it)."""
-    w = np.array([[30, -15, -15], [-15, 30, -15], [-15, -15, 30]], np.float64)
-    b = -np.array([0.52, 0.445, 0.397]) @ w
-    z = (x.astype(np.float64) / 255.0).mean(axis=(2, 3)) @ w + b
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _network(trt: Any, logger: Any) -> tuple[Any, Any]:
     builder = trt.Builder(logger)
     flags = 0
@@ -279,7 +270,7 @@ def test_build_run_and_read_back_through_pycuda(env: Env, tmp_path: Path) -> Non
         assert context.execute_async_v3(stream.handle)
         cuda.memcpy_dtoh_async(host_out, d_out, stream)
         stream.synchronize()
-        np.testing.assert_allclose(host_out, _reference_probs(x), atol=1e-3)
+        np.testing.assert_allclose(host_out, reference_probs(x), atol=1e-3)
         d_in.free()
         d_out.free()
         host_in.base.free()

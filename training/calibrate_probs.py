@@ -1,9 +1,10 @@
-"""Probability calibration on the validation split: temperature scaling and Platt scaling.
+"""Probability calibration on held-out scores: temperature scaling and Platt scaling.
 
 A screening threshold ("refer when P(disease) > 0.3") only means something when
-probabilities are calibrated. Both methods are fitted on held-out validation
-logits only, never on training photos (a model is over-confident on the photos
-it was fitted to).
+probabilities are calibrated. Both methods are fitted on held-out scores only,
+never on scores of photos a model was fitted to (it is over-confident on
+those): the validation split's logits, or (DTL2's default) the out-of-fold
+logits of the training photos, each from an SVM fitted without the photo's fold.
 
 - Temperature scaling (Guo et al. 2017): one scalar T, probabilities
   softmax(z / T); it never changes the predicted class. Works for any number of
@@ -99,3 +100,30 @@ def fold_platt(weight: np.ndarray, bias: np.ndarray, a: float, b: float) -> tupl
     w = a * np.asarray(weight, dtype=np.float64)
     c = a * np.asarray(bias, dtype=np.float64) + np.array([-b / 2.0, b / 2.0])
     return w, c
+
+
+def fit_calibration(method: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float | str]:
+    """The calibration ``method`` (temperature, platt or none) fitted on ``logits``/``labels``, as a dict.
+
+    The numpy twin of ``facediag.training.strategies.neural.calibrate`` (which also folds the result
+    into a model); ``apply_calibration`` applies it to other logits.
+    """
+    if method == "none" or len(labels) == 0:
+        return {"method": "none"}
+    if method == "temperature":
+        return {"method": "temperature", "temperature": fit_temperature(logits, labels)}
+    if method == "platt":
+        a, b = fit_platt(logits, labels)
+        return {"method": "platt", "a": a, "b": b}
+    raise ValueError(f"unknown calibration {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def apply_calibration(cal: dict[str, float | str], logits: np.ndarray) -> np.ndarray:
+    """Calibrated logits (softmax of them = calibrated probabilities) under ``fit_calibration``'s result."""
+    z = np.asarray(logits, dtype=np.float64)
+    if cal["method"] == "temperature":
+        return z / float(cal["temperature"])
+    if cal["method"] == "platt":
+        s = float(cal["a"]) * (z[:, 1] - z[:, 0]) + float(cal["b"])
+        return np.stack([-s / 2.0, s / 2.0], axis=1)
+    return z

@@ -66,6 +66,9 @@ class CheckpointMeta:
     head: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # where the backbone and detector weights come from and their licences ({"backbones": [...], "detector": ...});
+    # empty for checkpoints written before it was recorded
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = META_FILE) -> CheckpointMeta:
@@ -110,6 +113,9 @@ class CheckpointMeta:
         for key, value in tables.items():
             if not isinstance(value, dict):
                 raise _fail(where, f"field {key!r} must be an object, got {type(value).__name__}")
+        provenance = doc.get("provenance") or {}
+        if not isinstance(provenance, dict):
+            raise _fail(where, f"field 'provenance' must be an object, got {type(provenance).__name__}")
         thresholds = doc.get("thresholds")
         if thresholds is not None:
             if not isinstance(thresholds, dict):
@@ -117,14 +123,14 @@ class CheckpointMeta:
             for name, value in thresholds.items():
                 if name not in classes or not _is_number(value) or not 0.0 <= value <= 1.0:
                     raise _fail(where, f"threshold {name!r}: {value!r} must be a probability for one of the classes")
-        named = {"format", "format_version", *REQUIRED_KEYS, "healthy_class", "seed", "thresholds", *tables}
+        named = {"format", "format_version", *REQUIRED_KEYS, "healthy_class", "seed", "thresholds", "provenance", *tables}
         return cls(
             backbone=doc["backbone"], classes=tuple(classes), contract=contract, strategy=doc["strategy"],
             temperature=float(doc["temperature"]), healthy_class=healthy, seed=seed,
             hyperparameters=tables["hyperparameters"], metrics=tables["metrics"],
             thresholds=None if thresholds is None else {k: float(v) for k, v in thresholds.items()},
             versions=tables["versions"], head=tables["head"], extra={k: v for k, v in doc.items() if k not in named},
-            format_version=version,
+            format_version=version, provenance=provenance,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +141,28 @@ class CheckpointMeta:
             "strategy": self.strategy, "hyperparameters": self.hyperparameters, "seed": self.seed,
             "versions": self.versions, "metrics": self.metrics, "temperature": self.temperature,
             "thresholds": self.thresholds, "head": self.head, **self.extra,
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
+
+
+def model_provenance(backbone: str, detector: str | None) -> dict[str, Any]:
+    """Origin and licence of the backbone weights (each part of a feature recipe) and of the face detector."""
+    from facediag.edge.errors import FacediagError
+    from facediag.edge.face.detector import detector_provenance
+    from facediag.training.backbones import backbone_provenance
+
+    unknown = {"origin": "not stated", "licence": "not stated"}
+    try:
+        backbones: list[dict[str, str]] = backbone_provenance(backbone)
+    except FacediagError:  # not a registered backbone (e.g. a strategy without one)
+        backbones = [{"name": backbone, **unknown}]
+    det: dict[str, str] | None = None
+    if detector:
+        try:
+            det = detector_provenance(detector)
+        except FacediagError:
+            det = {"name": detector, **unknown}
+    return {"backbones": backbones, "detector": det}
 
 
 def package_versions() -> dict[str, str]:
@@ -200,6 +227,7 @@ def save_checkpoint(out_dir: str | Path, model: Any, meta: dict[str, Any]) -> Pa
     full["temperature"] = float(model.temperature) if hasattr(model, "temperature") else float(meta.get("temperature", 1.0))
     full.setdefault("versions", package_versions())
     full.setdefault("thresholds", None)
+    full.setdefault("provenance", model_provenance(str(meta["backbone"]), (meta.get("data") or {}).get("detector")))
     full["head"] = {
         "num_classes": len(meta["classes"]),
         "l2_normalize": bool(getattr(model, "l2_normalize", True)),
@@ -246,7 +274,7 @@ def _build_module(meta: dict[str, Any], backbone_weights: str | Path | None) -> 
     from facediag.training.classifier import FaceClassifier
 
     name = meta["backbone"]
-    if name not in BACKBONES:
+    if name not in BACKBONES and not ("+" in name or ":" in name):  # a feature recipe builds from its parts
         raise ModelFileError(f"checkpoint backbone {name!r} is unknown to this facediag ({', '.join(BACKBONES)})")
     contract = PreprocessContract.from_dict(meta["contract"])
     backbone = get_backbone(name, weights=backbone_weights, pretrained=False)

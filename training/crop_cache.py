@@ -62,6 +62,8 @@ def cropper_key(cropper: PhotoCropper) -> str:
         "small": [v for _, v in sorted(cropper.policy().items())],
         "version": CACHE_VERSION,
     }
+    if cropper.aligned != "no":  # images taken as crops: never the entries of the detecting cropper
+        payload["aligned"] = cropper.aligned
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

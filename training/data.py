@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from facediag.edge.errors import ConfigError
+from facediag.edge.face.contract import PreprocessContract
 from facediag.edge.photos import (
     SPLITS,
     LabelledPhoto,
+    PhotoCropper,
     PhotoSetError,
     read_labelled,
     read_labelled_csv,
@@ -152,11 +154,11 @@ def build_dataset(
         samples = restrict_to(samples, keep_classes)
     classes = sorted({s.label for s in samples})
     check_counts(samples, classes)
-    if not any(s.split == "val" for s in samples):
+    if not any(s.split == "val" for s in samples) and val_fraction > 0:  # 0: none wanted (dtl2 out-of-fold)
         samples = carve_validation(samples, val_fraction, seed)
         log.info("no val split given: carved %.0f%% of train per class (seed %d)", val_fraction * 100, seed)
     missing_val = [c for c in classes if not any(s.split == "val" and s.label == c for s in samples)]
-    if missing_val:
+    if missing_val and val_fraction > 0:
         log.warning("class(es) %s have no validation photo; calibration sees none of them", ", ".join(missing_val))
     return Dataset(samples=samples, classes=classes, healthy_class=resolve_healthy(classes, healthy))
 
@@ -174,3 +176,34 @@ def load_dataset(
     """Read ``--data DIR`` or ``--csv CSV --images DIR`` and build a checked dataset."""
     samples = read_labelled(folder=data_dir, csv_path=csv_path, images_dir=images_dir)
     return build_dataset(samples, keep_classes=keep_classes, healthy=healthy, val_fraction=val_fraction, seed=seed)
+
+
+def data_root(data_dir: str | Path | None, images_dir: str | Path | None) -> Path | None:
+    """The folder the photos are under: ``--data DIR``, else the ``--images DIR`` of ``--csv``."""
+    root = data_dir if data_dir is not None else images_dir
+    return Path(root) if root is not None else None
+
+
+def photo_cropper(
+    contract: PreprocessContract,
+    *,
+    aligned: str = "auto",
+    root: str | Path | None = None,
+    detector: str | None = None,
+    detector_model: str | Path | None = None,
+) -> PhotoCropper:
+    """The cropper of ``train`` / ``evaluate``: ``facediag.edge.photos.PhotoCropper`` for ``contract``.
+
+    ``aligned`` (``--aligned``): ``auto`` takes the images under ``root`` as aligned crops, without
+    detection, when ``root`` was written by ``facediag crop`` for this contract's template (refused,
+    naming both templates, when it was written for another); ``yes`` takes every image as an aligned
+    crop; ``no`` detects and aligns every image. Detection uses ``detector`` (default: yunet when
+    ``detector_model`` is given, else mtcnn).
+    """
+    from facediag.edge.crop_folders import resolve_aligned
+    from facediag.training.crop_cache import make_cropper
+
+    mode, folder = resolve_aligned(aligned, Path(root) if root is not None else None, contract)
+    if mode == "yes":
+        return PhotoCropper(contract, None, aligned="yes", crop_folder=folder)
+    return make_cropper(detector, detector_model, contract)

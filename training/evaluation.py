@@ -247,6 +247,16 @@ def score_split(
     return labels, probs, cs
 
 
+def _out_of_fold(model: LoadedModel) -> tuple[np.ndarray, np.ndarray] | None:
+    """A checkpoint's stored out-of-fold (labels, probabilities) when it was calibrated on them (dtl2 cv)."""
+    if model.kind != "checkpoint":
+        return None
+    from facediag.training.checkpoint import read_meta
+    from facediag.training.strategies.dtl2 import out_of_fold_probabilities
+
+    return out_of_fold_probabilities(read_meta(model.path))
+
+
 def _choose_thresholds(
     model: LoadedModel, prep: _Prepared, cache: CropCache, opts: EvaluationOptions
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -256,7 +266,18 @@ def _choose_thresholds(
     selection: dict[str, Any] = {"split": prep.val_split, "target_sensitivity": opts.sensitivity}
     if prep.val_split is None:
         return {}, selection
-    y_val, p_val, val_crops = score_split(model, prep.photos, prep.val_split, cache, opts)
+    # A DTL2 checkpoint fitted on every training photo (val included): the val photos were training photos,
+    # so thresholds come from its stored out-of-fold predictions instead (--calibration-data cv).
+    oof = _out_of_fold(model) if prep.val_split == "val" else None
+    if oof is not None:
+        y_val, p_val = oof
+        n_skipped = 0
+        selection["split"] = "out-of-fold"
+        selection["source"] = "out-of-fold predictions of the checkpoint's training photos (checkpoint.json)"
+        log.info("thresholds chosen on the checkpoint's out-of-fold predictions of its %d training photos", len(y_val))
+    else:
+        y_val, p_val, val_crops = score_split(model, prep.photos, prep.val_split, cache, opts)
+        n_skipped = int(sum(val_crops.skipped.values()))
     skip = (model.healthy_class,) if model.healthy_class else ()
     thresholds = thresholds_at_sensitivity(y_val, p_val, model.classes, opts.sensitivity, skip=skip)
     missing = [c for c in model.classes if c not in thresholds and c not in skip]
@@ -269,14 +290,37 @@ def _choose_thresholds(
         return dict(zip(("sensitivity", "specificity"), figures, strict=True))
 
     selection.update({
-        "carved_from_train": prep.carved,
-        "val_fraction": prep.fraction if prep.carved else None,
-        "seed": prep.seed if prep.carved else None,
+        "carved_from_train": prep.carved and oof is None,
+        "val_fraction": prep.fraction if prep.carved and oof is None else None,
+        "seed": prep.seed if prep.carved and oof is None else None,
         "n": int(len(y_val)),
-        "skipped": int(sum(val_crops.skipped.values())),
+        "skipped": n_skipped,
         "on_val": {c: on_val(c, t) for c, t in thresholds.items()},
+        "refer_on_val": refer_on_val(y_val, p_val, model.classes, model.healthy_class, thresholds),
     })
     return thresholds, selection
+
+
+def refer_on_val(y: np.ndarray, probs: np.ndarray, classes: list[str], healthy_class: str | None,
+                 thresholds: dict[str, float]) -> dict[str, Any] | None:
+    """Sensitivity and specificity of the station's "refer" (any condition reaching its threshold) on the
+    validation photos, decided by the station's own rule with ``min_confidence`` 0: the per-class figures
+    cannot show it, since every condition's threshold adds its own false referrals of healthy people."""
+    from facediag.edge.screening.decision import REFER, decide
+
+    if not healthy_class or healthy_class not in classes or not thresholds or len(y) == 0:
+        return None
+    h = classes.index(healthy_class)
+    referred = np.array([decide(p, classes, healthy_class, thresholds, min_confidence=0.0).kind == REFER
+                         for p in probs], dtype=bool)
+    healthy = np.asarray(y) == h
+    n_healthy, n_condition = int(healthy.sum()), int((~healthy).sum())
+    return {
+        "sensitivity": float(referred[~healthy].mean()) if n_condition else None,
+        "specificity": float((~referred[healthy]).mean()) if n_healthy else None,
+        "n_condition": n_condition, "n_healthy": n_healthy,
+        "rule": "refer when any condition reaches its threshold (min_confidence 0)",
+    }
 
 
 def evaluate(
@@ -293,6 +337,7 @@ def evaluate(
     evaluated split.
     """
     from facediag.edge.version import __version__
+    from facediag.training.averages import add_average_intervals
     from facediag.training.metrics import summarize
     from facediag.training.stats import DEFAULT_SEED, summary_intervals
 
@@ -308,7 +353,9 @@ def evaluate(
         )
     thresholds, selection = _choose_thresholds(model, prep, cache, opts)
     metrics = summarize(y, probs, model.classes, n_bins=opts.ece_bins, thresholds=thresholds)
-    summary_intervals(metrics, y, probs, seed=opts.seed if opts.seed is not None else DEFAULT_SEED)
+    seed = opts.seed if opts.seed is not None else DEFAULT_SEED
+    summary_intervals(metrics, y, probs, seed=seed)
+    add_average_intervals(metrics, y, probs, seed=seed)
     part = [s for s in prep.photos if s.split == opts.split]
     names = [part[i].name or part[i].path.as_posix() for i in crops.kept]
     return {
@@ -318,6 +365,7 @@ def evaluate(
                   "healthy_class": model.healthy_class, "contract": model.contract.to_dict(), **model.info},
         "split": opts.split,
         "data": dict(data_source or {}),
+        "front_end": _front_end_info(cache),
         "counts": {c: int((y == i).sum()) for i, c in enumerate(model.classes)},
         "skipped": {
             "total": int(sum(crops.skipped.values())),  # photos of the split the model could not score
@@ -330,6 +378,14 @@ def evaluate(
         "metrics": metrics,
         "predictions": prediction_rows(names, y, probs, model.classes),
     }
+
+
+def _front_end_info(cache: CropCache) -> dict[str, Any]:
+    """How the photos became crops: detected and aligned, or taken as the aligned crops of a `facediag crop` folder."""
+    cropper = cache.cropper
+    if cropper.aligned == "no":
+        return {"detector": cropper.detector_name}
+    return {"aligned_input": cropper.aligned, "aligned_crops": cropper.description.get("aligned_crops")}
 
 
 def prediction_rows(names: list[str], y: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:

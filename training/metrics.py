@@ -1,4 +1,4 @@
-"""Classification metrics for the evaluation report, in plain numpy.
+"""Classification metrics for the evaluation report (numpy, and scikit-learn where it has the metric).
 
 Everything here takes integer labels ``y_true`` (N,) with values in
 ``0..C-1`` and, where scores are needed, class probabilities ``probs`` (N, C).
@@ -15,6 +15,13 @@ Conventions:
   ``DEFAULT_ECE_BINS`` = 15 equal-width bins over [0, 1] (the convention of
   Guo et al. 2017, "On Calibration of Modern Neural Networks"); bin ``b``
   holds confidences in ``(b/15, (b+1)/15]``, the first bin also holds 0.
+  The bins, per-bin accuracy and mean confidence are scikit-learn's
+  ``calibration_curve`` (strategy "uniform") on "top-1 is right" against the
+  top-1 confidence, so the ECE is the count-weighted gap of exactly the points
+  the reliability diagram (``CalibrationDisplay``) draws.
+- Confusion matrix, precision-recall curves, average precision, macro and
+  weighted averages and balanced accuracy are scikit-learn's
+  (``facediag.training.averages`` for the averages and their intervals).
 """
 
 from __future__ import annotations
@@ -74,9 +81,22 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     p = _labels(y_pred, n_classes)
     if y.shape != p.shape:
         raise ValueError(f"y_true and y_pred differ in length: {y.shape} vs {p.shape}")
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y, p), 1)
-    return cm
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    if y.size == 0:
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    return np.asarray(sk_confusion_matrix(y, p, labels=np.arange(n_classes)), dtype=np.int64)
+
+
+def normalized_confusion_matrix(cm: np.ndarray) -> list[list[float] | None]:
+    """Each true class's row divided by its count (rows sum to 1); None for a class without samples.
+
+    The same numbers as scikit-learn's ``confusion_matrix(..., normalize="true")``, except that a class
+    with no sample gets None (undefined) where scikit-learn writes zeros.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(axis=1)
+    return [None if rows[i] == 0 else (cm[i] / rows[i]).tolist() for i in range(cm.shape[0])]
 
 
 def per_class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
@@ -167,46 +187,77 @@ def one_vs_rest_roc(y_true: np.ndarray, probs: np.ndarray) -> list[dict[str, Any
     return out
 
 
-def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
-    # Bin b holds (b/n, (b+1)/n]; 0 goes to bin 0. The 1e-9 keeps an edge such as 0.7 (0.7 * 10 =
-    # 7.000000000000001 in floating point) in the bin below it, as the convention says.
-    idx = np.ceil(confidence * n_bins - 1e-9).astype(np.int64) - 1
-    return np.clip(idx, 0, n_bins - 1)
+def one_vs_rest_pr(y_true: np.ndarray, probs: np.ndarray) -> list[dict[str, Any] | None]:
+    """Per class c: precision-recall curve and average precision of "class c vs the rest" scored by probs[:, c].
+
+    scikit-learn's ``precision_recall_curve`` and ``average_precision_score`` (AP = sum over thresholds of
+    (R_n - R_(n-1)) * P_n, no interpolation). None when class c has no sample (recall is undefined).
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    y = _labels(y_true)
+    p = _probs(probs, y.size)
+    out: list[dict[str, Any] | None] = []
+    for c in range(p.shape[1]):
+        positive = y == c
+        if not positive.any():
+            out.append(None)
+            continue
+        precision, recall, thr = precision_recall_curve(positive, p[:, c])
+        out.append({"precision": precision, "recall": recall, "thresholds": thr,
+                    "average_precision": float(average_precision_score(positive, p[:, c])),
+                    "prevalence": float(positive.mean())})
+    return out
+
+
+def _top1(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 confidence clipped to [0, 1], 1.0 where the top-1 class is the true class)."""
+    y = _labels(y_true)
+    p = _probs(probs, y.size)
+    confidence = np.clip(p.max(axis=1), 0.0, 1.0)
+    return confidence, (p.argmax(axis=1) == y).astype(np.float64)
 
 
 def reliability_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> dict[str, np.ndarray]:
     """Data for a reliability diagram: per equal-width confidence bin, count, mean confidence, accuracy.
 
-    Confidence is the top-1 probability; a sample is correct when its top-1
-    class is the true class. Empty bins have count 0 and nan confidence/accuracy.
+    Confidence is the top-1 probability; a sample is correct when its top-1 class is the true
+    class. Accuracy and mean confidence are scikit-learn's ``calibration_curve(correct, confidence,
+    n_bins=n_bins, strategy="uniform")`` placed in their bins; counts use the same binning (bin b
+    holds (edge_b, edge_(b+1)], 0 in bin 0). Empty bins have count 0 and nan confidence/accuracy.
     """
+    from sklearn.calibration import calibration_curve
+
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
-    y = _labels(y_true)
-    p = _probs(probs, y.size)
-    confidence = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    idx = _bin_index(confidence, n_bins)
+    confidence, correct = _top1(y_true, probs)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges[1:-1], confidence)  # scikit-learn's binning in calibration_curve
     count = np.bincount(idx, minlength=n_bins).astype(np.int64)
-    conf_sum = np.bincount(idx, weights=confidence, minlength=n_bins)
-    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
-    return {
-        "edges": np.linspace(0.0, 1.0, n_bins + 1),
-        "count": count,
-        "confidence": _safe_div(conf_sum, count),
-        "accuracy": _safe_div(acc_sum, count),
-    }
+    accuracy = np.full(n_bins, np.nan)
+    mean_conf = np.full(n_bins, np.nan)
+    if confidence.size:
+        prob_true, prob_pred = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform")
+        filled = count > 0
+        if int(filled.sum()) != prob_true.size:
+            raise AssertionError("reliability bins disagree with scikit-learn's calibration_curve")
+        accuracy[filled], mean_conf[filled] = prob_true, prob_pred
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": accuracy}
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> float:
-    """ECE: sum over bins of (bin count / N) * |accuracy - mean confidence|, equal-width bins on top-1 confidence."""
-    bins = reliability_bins(y_true, probs, n_bins)
+def ece_from_bins(bins: dict[str, np.ndarray]) -> float:
+    """Count-weighted mean |accuracy - mean confidence| over the non-empty bins of ``reliability_bins``."""
     n = int(bins["count"].sum())
     if n == 0:
         return float("nan")
     filled = bins["count"] > 0
     gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
     return float(np.sum(bins["count"][filled] / n * gaps))
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> float:
+    """ECE: sum over bins of (bin count / N) * |accuracy - mean confidence|, equal-width bins on top-1 confidence."""
+    return ece_from_bins(reliability_bins(y_true, probs, n_bins))
 
 
 def threshold_for_sensitivity(y_binary: np.ndarray, scores: np.ndarray, target: float) -> float:
@@ -267,6 +318,10 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
+def _curves(names: list[str], curves: list[dict[str, Any] | None], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {n: None if c is None else {k: np.asarray(c[k]).tolist() for k in keys} for n, c in zip(names, curves, strict=True)}
+
+
 def summarize(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -277,8 +332,11 @@ def summarize(
     """All metrics of one evaluation as a JSON-ready dict (nan written as null).
 
     ``thresholds`` (class -> probability), when given, are applied one-vs-rest
-    and the resulting sensitivity / specificity per class are reported too.
+    and the resulting sensitivity / specificity per class are reported too (the
+    operating points marked on the ROC plot).
     """
+    from facediag.training.averages import CONVENTION, averaged_scores
+
     y = _labels(y_true, len(classes))
     p = _probs(probs, y.size)
     if p.shape[1] != len(classes):
@@ -287,10 +345,11 @@ def summarize(
     cm = confusion_matrix(y, pred, len(classes))
     pc = per_class_metrics(cm)
     rocs = one_vs_rest_roc(y, p)
+    prs = one_vs_rest_pr(y, p)
     rel = reliability_bins(y, p, n_bins)
     per_class: dict[str, dict[str, Any]] = {}
     for c, name in enumerate(classes):
-        roc_c = rocs[c]
+        roc_c, pr_c = rocs[c], prs[c]
         per_class[name] = {
             "support": int(pc["support"][c]),
             "precision": _num(pc["precision"][c]),
@@ -298,25 +357,28 @@ def summarize(
             "specificity": _num(pc["specificity"][c]),
             "f1": _num(pc["f1"][c]),
             "auc": None if roc_c is None else _num(roc_c["auc"]),
+            "average_precision": None if pr_c is None else _num(pr_c["average_precision"]),
         }
     aucs = [r["auc"] for r in rocs if r is not None]
+    aps = [r["average_precision"] for r in prs if r is not None]
     f1s = pc["f1"][~np.isnan(pc["f1"])]
+    averages = averaged_scores(y, pred)
     summary: dict[str, Any] = {
         "n": int(y.size),
         "classes": list(classes),
         "top1": _num(top1_accuracy(y, pred)) if y.size else None,
+        "balanced_accuracy": averages.pop("balanced_accuracy"),
         "macro_f1": _num(f1s.mean()) if f1s.size else None,
         "macro_auc": _num(np.mean(aucs)) if aucs else None,
-        "ece": _num(expected_calibration_error(y, p, n_bins)) if y.size else None,
+        "macro_average_precision": _num(np.mean(aps)) if aps else None,
+        "averages": {**averages, "convention": CONVENTION},
+        "ece": _num(ece_from_bins(rel)) if y.size else None,
         "ece_bins": int(n_bins),
         "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": normalized_confusion_matrix(cm),
         "per_class": per_class,
-        "roc": {
-            name: None
-            if r is None
-            else {"fpr": r["fpr"].tolist(), "tpr": r["tpr"].tolist()}
-            for name, r in zip(classes, rocs, strict=True)
-        },
+        "roc": _curves(classes, rocs, ("fpr", "tpr")),
+        "pr": _curves(classes, prs, ("precision", "recall")),
         "reliability": {
             "edges": rel["edges"].tolist(),
             "count": rel["count"].tolist(),
@@ -325,12 +387,17 @@ def summarize(
         },
     }
     if thresholds:
-        at: dict[str, Any] = {}
-        for name, t in thresholds.items():
-            if name not in classes:
-                continue
-            c = classes.index(name)
-            sens, spec = sensitivity_specificity_at(y == c, p[:, c], t)
-            at[name] = {"threshold": float(t), "sensitivity": _num(sens), "specificity": _num(spec)}
-        summary["at_thresholds"] = at
+        summary["at_thresholds"] = _at_thresholds(y, p, classes, thresholds)
     return summary
+
+
+def _at_thresholds(y: np.ndarray, p: np.ndarray, classes: list[str], thresholds: dict[str, float]) -> dict[str, Any]:
+    """Per class with a threshold: sensitivity and specificity of "probability >= threshold" (one vs rest)."""
+    at: dict[str, Any] = {}
+    for name, t in thresholds.items():
+        if name not in classes:
+            continue
+        c = classes.index(name)
+        sens, spec = sensitivity_specificity_at(y == c, p[:, c], t)
+        at[name] = {"threshold": float(t), "sensitivity": _num(sens), "specificity": _num(spec)}
+    return at

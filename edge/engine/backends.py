@@ -15,7 +15,8 @@ and capture sources'; tests register a backend of their own with ``ENGINE_BACKEN
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from facediag.edge.engine.base import Engine
     from facediag.edge.engine.select import EnginePlan
 
-Opener = Callable[["EnginePlan", "int | None", Sequence[str]], "Engine"]
+Opener = typing.Callable[["EnginePlan", "int | None", typing.Sequence[str]], "Engine"]  # typing.*: 3.8
 
 
 @dataclass(frozen=True)

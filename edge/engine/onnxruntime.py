@@ -9,6 +9,7 @@ session actually uses and refuses to start on a mismatch.
 from __future__ import annotations
 
 import logging
+import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from facediag.edge.compat import zip_strict
 from facediag.edge.errors import ConfigError, ModelFileError
 
 log = logging.getLogger(__name__)
 
-ProviderSpec = str | tuple[str, dict[str, Any]]
+ProviderSpec = typing.Union[str, typing.Tuple[str, typing.Dict[str, Any]]]  # typing.*: run time (3.8)
 
 
 def _provider_name(spec: ProviderSpec) -> str:
@@ -100,7 +102,7 @@ class OrtEngine:
         x = np.asarray(batch)
         if x.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {x.shape}")
-        for axis, (want, got) in enumerate(zip(self.input_shape[1:], x.shape[1:], strict=True), start=1):
+        for axis, (want, got) in enumerate(zip_strict(self.input_shape[1:], x.shape[1:]), start=1):
             if isinstance(want, int) and want != got:
                 raise ValueError(f"input axis {axis} must be {want} for this model, got batch shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -29,7 +29,8 @@ operator should make knowingly).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class EnginePlan:
     expected_onnx_sha256: str | None = None  # TensorRT: the bundle's hash of the model the engine came from
 
 
-DeviceProbe = Callable[[], Any]  # -> facediag.edge.engine.manifest.DeviceInfo; raises when TensorRT/CUDA is unusable
+DeviceProbe = typing.Callable[[], Any]  # -> facediag.edge.engine.manifest.DeviceInfo; raises when TensorRT/CUDA is unusable
 
 
 def probe_tensorrt_device() -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from facediag.edge.compat import zip_strict
 from facediag.edge.engine.manifest import (
     DeviceInfo,
     EngineManifest,
@@ -120,7 +121,7 @@ def plan_buffers(tensors: Sequence[TensorSpec]) -> list[BufferPlan]:
                 )
             shape[axis] = int(t.max_shape[axis])
         if t.max_shape is not None and len(t.max_shape) == len(shape):
-            for axis, (dim, top) in enumerate(zip(t.shape, t.max_shape, strict=True)):
+            for axis, (dim, top) in enumerate(zip_strict(t.shape, t.max_shape)):
                 if dim >= 0 and top >= 0 and dim != top:
                     raise ModelFileError(
                         f"engine tensor {t.name!r}: static dimension {axis} is {dim} but the profile says {top}"

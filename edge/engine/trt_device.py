@@ -10,6 +10,7 @@ fallback to ONNX Runtime with the reason, and ``backend = tensorrt`` into a clea
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,21 +31,33 @@ def _jetpack_release() -> str | None:
         return None
 
 
+def _jetpack5_hint(python: tuple[int, int]) -> str:
+    """What to do on JetPack 5 (L4T R35) when ``import tensorrt`` fails under this Python."""
+    if python != (3, 8):
+        return (
+            f"this Jetson runs JetPack 5, whose TensorRT 8.5 has Python bindings for Python 3.8 only, and this is "
+            f"Python {python[0]}.{python[1]}: run facediag in a venv made from JetPack's /usr/bin/python3 (3.8) with "
+            "--system-site-packages, upgrade the station to JetPack 6 (TensorRT 10.3, Python 3.10), or set the "
+            "engine backend to onnxruntime"
+        )
+    return (
+        "this Jetson runs JetPack 5 and this is Python 3.8, but TensorRT's Python module does not import: install "
+        "JetPack's bindings (apt install python3-libnvinfer) and make the venv with --system-site-packages, or "
+        "set the engine backend to onnxruntime"
+    )
+
+
 def import_tensorrt() -> ModuleType:
     try:
         import tensorrt as trt  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:
         release = _jetpack_release() or ""
         if release.startswith("# R35") or release.startswith("R35"):
-            raise TensorRTUnavailable(
-                "this Jetson runs JetPack 5, whose TensorRT 8.5 has Python bindings for Python 3.8 only, and "
-                "facediag needs Python 3.10 or newer: TensorRT cannot be used from this interpreter. Upgrade the "
-                "station to JetPack 6 (TensorRT 10.3, Python 3.10), or set the engine backend to onnxruntime"
-            ) from exc
+            raise TensorRTUnavailable(_jetpack5_hint(sys.version_info[:2])) from exc
         raise TensorRTUnavailable(
             "backend tensorrt needs TensorRT's Python module, which is not installed here. On a Jetson it comes "
-            "with JetPack 6 or newer (use a venv made with --system-site-packages). Otherwise set the engine "
-            "backend to onnxruntime"
+            "with JetPack (use a venv made with --system-site-packages). Otherwise set the engine backend to "
+            "onnxruntime"
         ) from exc
     module: ModuleType = trt
     return module

@@ -19,7 +19,10 @@ from facediag.edge.errors import ConfigError
 from facediag.edge.face.types import Face
 from facediag.edge.registry import Factory, Registry, load_factory
 
-__all__ = ["DETECTORS", "Detector", "DetectorFactory", "DetectorSpec", "auto_detector_name", "make_detector"]
+__all__ = [
+    "DETECTORS", "Detector", "DetectorFactory", "DetectorSpec", "auto_detector_name", "detector_provenance",
+    "make_detector",
+]
 
 
 @runtime_checkable
@@ -51,6 +54,8 @@ class DetectorSpec:
     ``[quality] min_face_px`` below it cannot be met in practice.
     ``needs_model_file``: whether it needs ``model_path`` (``--detector-model``); ``model_hint``
     says where to get the file.
+    ``origin``: where its weights come from (package and file, or URL); ``licence``: their licence as the
+    source states it. Both are recorded in checkpoints and bundles (``detector_provenance``).
     """
 
     name: str
@@ -61,6 +66,8 @@ class DetectorSpec:
     default_score_threshold: float
     options: tuple[str, ...] = ("score_threshold",)
     model_hint: str = ""
+    origin: str = ""
+    licence: str = ""
 
     def __post_init__(self) -> None:
         if self.min_face_px < 1:
@@ -72,6 +79,12 @@ class DetectorSpec:
 DETECTORS: Registry[DetectorSpec] = Registry(
     "detector", builtin_modules=("facediag.edge.face.yunet", "facediag.edge.face.mtcnn")
 )
+
+
+def detector_provenance(name: str) -> dict[str, str]:
+    """``{"name", "origin", "licence"}`` of a registered detector ("not stated" where its spec is silent)."""
+    spec = DETECTORS.get(name)
+    return {"name": spec.name, "origin": spec.origin or "not stated", "licence": spec.licence or "not stated"}
 
 
 def auto_detector_name(model_path: str | Path | None) -> str:

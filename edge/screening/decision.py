@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from facediag.edge.compat import zip_strict
+
 REFER = "refer"
 NO_FINDING = "no_finding"
 RETAKE = "retake"
@@ -43,7 +45,7 @@ def decide(
         raise ValueError(f"{len(p)} probabilities for {len(classes)} classes")
     if healthy_class not in classes:
         raise ValueError(f"healthy class {healthy_class!r} is not one of {list(classes)}")
-    probs = {c: float(v) for c, v in zip(classes, p, strict=True)}
+    probs = {c: float(v) for c, v in zip_strict(classes, p)}
     limits = {c: float(thresholds.get(c, DEFAULT_THRESHOLD)) for c in classes if c != healthy_class}
     crossing = [c for c in classes if c != healthy_class and probs[c] >= limits[c]]
     top = max(classes, key=lambda c: probs[c])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+import typing
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -40,7 +40,7 @@ class Request:
         return conn != "close"
 
 
-Stream = Callable[[socket.socket], None]
+Stream = typing.Callable[[socket.socket], None]  # typing.Callable: evaluated at run time (3.8)
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Response:
         return self.head(method, keep_alive) + (b"" if method == "HEAD" or self.stream else self.body)
 
 
-App = Callable[[Request], Response]
+App = typing.Callable[[Request], Response]
 
 
 class BadRequest(Exception):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ from facediag.edge.station.status import StationStatus
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], object]
+Progress = typing.Callable[[str], object]  # typing.Callable: evaluated at run time (3.8)
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
-SourceExcuse = Callable[[], "str | None"]
+Clock = typing.Callable[[], float]  # typing.Callable: evaluated at run time (3.8)
+SourceExcuse = typing.Callable[[], "str | None"]
 
 
 class Verdict(NamedTuple):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,7 +51,7 @@ NOTICE = (
 STAGES = ("capture", "detect", "align", "infer", "decide")
 ENGINE_ERRORS_DEGRADED = 3  # sessions in a row whose inference raised: the station is degraded
 
-StageSink = Callable[[str, float], None]
+StageSink = typing.Callable[[str, float], None]  # typing.Callable: evaluated at run time (3.8)
 
 
 class FrameGate(Protocol):
@@ -60,7 +61,7 @@ class FrameGate(Protocol):
     def admit(self, pipeline: ScreeningPipeline, image: np.ndarray, now: float) -> bool: ...
 
     def observe(self, pipeline: ScreeningPipeline, subject: Face | None, reasons: list[str], now: float) -> None: ...
-ResultSink = Callable[[ScreeningResult], None]
+ResultSink = typing.Callable[[ScreeningResult], None]
 
 
 def iso_utc(wall: float) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from facediag.collector.store import ResultRow, Store, content_sha256
 from facediag.collector.validate import Refused, parse_result, parse_status
+from facediag.edge.compat import zip_strict
 from facediag.edge.uplink.settings import read_credentials
 from facediag.edge.uplink.topics import (
     FLEET_RESYNC_TOPIC,
@@ -171,7 +172,7 @@ class Collector:
                 if outcome:
                     outcomes[outcome] += 1
             stored = self.store.add_results([(row, digest) for _, row, digest in results], now)
-            for (topic, row, _), outcome in zip(results, stored, strict=True):
+            for (topic, row, _), outcome in zip_strict(results, stored):
                 if outcome == "conflict":
                     log.error("collector: result %s arrived again with different content; the stored copy is kept",
                               row.result_id)

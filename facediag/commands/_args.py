@@ -88,6 +88,7 @@ def station_config_from_args(args: argparse.Namespace) -> Any:
 DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_TIE_MARGIN = 0.01
 DEFAULT_MAX_DROP = 1.0
+DEFAULT_CONFIDENCE = 0.95
 
 
 def finite_float(text: str) -> float:
@@ -123,11 +124,20 @@ def add_gate_criteria_arguments(parser: argparse.ArgumentParser, *, labels: bool
                    help=f"inputs where {reference}'s top-1 beats its top-2 by less than this are left out of the "
                    f"agreement figure (a tie flips with any noise; the probability difference still covers them); "
                    f"default {DEFAULT_TIE_MARGIN}")
+    g.add_argument("--min-agreement-all", type=finite_float, default=None,
+                   help="min top-1 agreement over ALL inputs, near-ties included, so that flips cannot hide among "
+                   "ties (default: --min-agreement minus 0.02)")
+    g.add_argument("--confidence", type=finite_float, default=DEFAULT_CONFIDENCE,
+                   help=f"--min-agreement must be shown at this confidence: the one-sided Clopper-Pearson lower "
+                   f"bound of the non-tie agreement must exceed it, else the check fails and says how many photos "
+                   f"are needed (299 non-tie photos for 0.99 with no flip); 0: judge the point estimate only "
+                   f"(default {DEFAULT_CONFIDENCE})")
 
 
 def gate_criteria_from_args(args: argparse.Namespace) -> Any:
     """The precision gate's ``Criteria`` (fp16, quantize)."""
     from facediag.converters.compare import gate_criteria
 
-    return gate_criteria(args.min_agreement, args.max_drop, args.max_prob_diff, args.tie_margin)
+    return gate_criteria(args.min_agreement, args.max_drop, args.max_prob_diff, args.tie_margin,
+                         args.min_agreement_all, args.confidence)
 

@@ -57,3 +57,8 @@ def add_photo_front_end_arguments(parser: argparse.ArgumentParser) -> None:
     add_detector_arguments(fe)
     fe.add_argument("--cache", type=Path, metavar="DIR", help="crop cache folder (default ~/.cache/facediag/crops)")
     fe.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
+    fe.add_argument("--aligned", choices=("auto", "yes", "no"), default="auto",
+                    help="the images are aligned crops, taken without detection: auto (default) = when the data "
+                    "folder (--data, or --images with --csv) was written by `facediag crop` (crop_settings.json), "
+                    "whose template must be the model's; yes = every image is a crop of the model's size; "
+                    "no = detect and align every image, even in a crop folder")

@@ -11,6 +11,13 @@ import argparse
 import logging
 from pathlib import Path
 
+from facediag.commands._deployed_args import (
+    DEPLOYED_HELP,
+    add_deployed_arguments,
+    deployed_requested,
+    run_deployed,
+)
+
 NAME = "evaluate"
 HELP = "measure a checkpoint or bundle on labelled photos: report.json, plots, thresholds at a sensitivity"
 DESCRIPTION = """\
@@ -30,9 +37,13 @@ checkpoint's seed), then applied to the evaluated split.
 
 Output (--out, default MODEL/eval-SPLIT): report.json (top-1, per-class
 precision / sensitivity / specificity / F1, ROC AUC, ECE, confusion matrix,
-thresholds, skipped photos), confusion_matrix.png, roc.png, reliability.png,
-and a table on stdout.
-"""
+thresholds, skipped photos, balanced accuracy, macro / weighted precision,
+recall and F1, average precision, normalised confusion matrix, per-photo
+predictions), confusion_matrix.png (counts and row-normalised), roc.png (the
+thresholds' operating points marked), pr.png, reliability.png, and a table on
+stdout. A folder written by `facediag crop` goes in as aligned crops (--aligned).
+
+""" + DEPLOYED_HELP
 
 log = logging.getLogger("facediag.evaluate")
 
@@ -62,22 +73,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from facediag.edge import precision as precision_table
 
     ort = precision_table.for_runtime(precision_table.ONNXRUNTIME)
-    ev.add_argument("--precision", default=precision_table.REFERENCE,
-                    help=f"bundle only: which model file to run ({', '.join(ort)}; default fp32)")
+    ev.add_argument("--precision", default=None, choices=(precision_table.AUTO, *ort),
+                    help=f"bundle only: which model file to run ({', '.join(ort)}; default fp32; with --as-station "
+                    "default the station config's [engine] precision, auto = what ONNX Runtime on a CPU runs)")
     ev.add_argument("--batch-size", type=int, default=32, help="crops per inference batch (default 32)")
     ev.add_argument("--threads", type=int, default=2, help="CPU threads for inference (default 2)")
     ev.add_argument("--out", type=Path, metavar="DIR", help="report folder (default MODEL/eval-SPLIT)")
 
     add_photo_front_end_arguments(parser)
+    add_deployed_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     from facediag.commands._args import labelled_photo_source, labelled_photos_from_args
-    from facediag.training.crop_cache import DEFAULT_CACHE, CropCache, make_cropper
+    from facediag.training.crop_cache import DEFAULT_CACHE, CropCache
+    from facediag.training.data import data_root, photo_cropper
     from facediag.training.evaluation import EvaluationOptions, evaluate, load_model
-    from facediag.training.report import format_table, write_report
+    from facediag.training.report import PLOT_FILES, format_table, write_report
 
+    if deployed_requested(args):
+        return run_deployed(args)
+    from facediag.edge import precision as precision_table
+
+    if args.precision in (None, precision_table.AUTO):
+        args.precision = precision_table.auto_order(precision_table.ONNXRUNTIME)[0]  # fp32, as a CPU station
     options = EvaluationOptions(
         split=args.split,
         val_split=None if args.val_split == "none" else args.val_split,
@@ -92,14 +112,16 @@ def run(args: argparse.Namespace) -> int:
     photos = labelled_photos_from_args(args)
     cache_root = None if args.no_cache else (args.cache or DEFAULT_CACHE)
     detector = None if args.detector == "auto" else args.detector
-    cache = CropCache(cache_root, make_cropper(detector, args.detector_model, model.contract))
+    cropper = photo_cropper(model.contract, aligned=args.aligned, root=data_root(args.data, args.images),
+                            detector=detector, detector_model=args.detector_model)
+    cache = CropCache(cache_root, cropper)
     report = evaluate(model, photos, cache, options, data_source=labelled_photo_source(args))
 
     out = args.out or (args.model / f"eval-{args.split}")
     paths = write_report(out, report)
     print(format_table(report))
     print(f"report: {paths['report.json']}")
-    for name in ("confusion_matrix.png", "roc.png", "reliability.png"):
+    for name in PLOT_FILES:
         if name in paths:
             print(f"plot:   {paths[name]}")
     return 0

@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the FP16 accuracy gate needs real images: pass --calib SET (from `facediag calibrate`) and/or --val")
     bundle = load_bundle(args.bundle)
     # Nothing is fitted to the images for FP16, so every row of the set can be used for the gate.
-    images = load_calibration_set(args.calib, bundle).inputs if args.calib else np.zeros(
-        (0, 3, bundle.contract.height, bundle.contract.width), np.float32)
+    cset = load_calibration_set(args.calib, bundle) if args.calib else None
+    images = cset.inputs if cset is not None else np.zeros((0, 3, bundle.contract.height, bundle.contract.width), np.float32)
+    labels = cset.class_indices(list(bundle.classes)) if cset is not None else None
     criteria, val = gate_inputs(args, bundle)
     final = precision_table.file_name(NAME)  # the command is named after the precision it makes
     candidate = bundle.path / f".{final}.candidate"
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         candidate.unlink(missing_ok=True)
         raise
     settings = {"tool": "onnxruntime.transformers.float16", "io": "float32", "kept_fp32": "reductions, L2 norm, softmax"}
-    result = gate_and_add(bundle, NAME, candidate, images, criteria, val, settings=settings, threads=args.threads)
+    result = gate_and_add(bundle, NAME, candidate, images, criteria, val, settings=settings, threads=args.threads,
+                          heldout_labels=labels)
     print(json.dumps({"precision": NAME, "file": final, "gate": result.to_dict()}))
     return 0

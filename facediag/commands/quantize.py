@@ -13,8 +13,11 @@ DESCRIPTION = (
     "Static INT8 quantisation with ONNX Runtime (QDQ, per-channel weights) using the calibration rows of SET. "
     "--target tensorrt: signed symmetric INT8 activations and weights (what TensorRT accepts); --target cpu: "
     "unsigned activations, signed weights (what ONNX Runtime's CPU kernels are fast with). The result is "
-    "compared with FP32 on CPU on SET's held-out images (and --val when given): top-1 agreement >= "
-    "--min-agreement, accuracy drop <= --max-drop points, optional --max-prob-diff. A model that fails is "
+    "compared with FP32 on CPU on SET's held-out images (and --val when given): top-1 agreement on non-tie "
+    "images >= --min-agreement shown at --confidence (too few images fail, and the message says how many are "
+    "needed), agreement over all images >= --min-agreement-all, accuracy drop on labelled images (--val, or "
+    "SET's own labels) <= --max-drop points, optional --max-prob-diff. Entropy and percentile ranges are "
+    "computed from streamed histograms (one image's activations in memory at a time). A model that fails is "
     "deleted and not added; the command exits 1 with the figures."
 )
 
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from facediag.calibration.calibration_set import load_calibration_set
     from facediag.calibration.readers import OrtCalibrationReader
     from facediag.converters.gate import gate_and_add
-    from facediag.converters.quantize import QuantSettings, quantize_onnx
+    from facediag.converters.quantize import QuantSettings, can_stream_histograms, quantize_onnx
     from facediag.edge import precision as precision_table
     from facediag.edge.bundle import load_bundle
     from facediag.edge.errors import ConfigError
@@ -87,16 +90,20 @@ def run(args: argparse.Namespace) -> int:
     precision = precision_table.for_quantize_target(args.target)
     candidate = bundle.path / f".{precision_table.file_name(precision)}.candidate"
     try:
-        # ORT's histogram calibrators (entropy, percentile) need equal batches: the last partial one is dropped.
+        # Histogram methods (entropy, percentile) are streamed one batch at a time, every row used; where ORT
+        # must collect them all at once its histograms need equal batches and the last partial one is dropped.
         histogram = settings.method != "minmax"
-        batch = (8 if len(cset.calib_inputs) >= 8 else 1) if histogram else 16
-        reader = OrtCalibrationReader(cset, batch_size=batch, drop_last=histogram)
-        quantize_onnx(bundle.model_path(precision_table.REFERENCE), candidate, reader, settings)
+        drop_last = histogram and not can_stream_histograms()
+        batch = (8 if len(cset.calib_inputs) >= 8 or not drop_last else 1) if histogram else 16
+        reader = OrtCalibrationReader(cset, batch_size=batch, drop_last=drop_last)
+        how = quantize_onnx(bundle.model_path(precision_table.REFERENCE), candidate, reader, settings)
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
-    gate_settings = {**settings.to_dict(), "calibration_set": str(args.calib), "calibration_images": len(cset.calib_inputs)}
+    gate_settings = {**settings.to_dict(), **how, "calibration_set": str(args.calib),
+                     "calibration_images": len(cset.calib_inputs)}
     result = gate_and_add(bundle, precision, candidate, cset.holdout_inputs, criteria, val, target=args.target,
-                          settings=gate_settings, threads=args.threads)
+                          settings=gate_settings, threads=args.threads,
+                          heldout_labels=cset.class_indices(list(bundle.classes), split="holdout"))
     print(json.dumps({"precision": precision, "file": precision_table.file_name(precision), "gate": result.to_dict()}))
     return 0

@@ -6,7 +6,6 @@ import argparse
 import logging
 import secrets
 import sys
-from importlib import resources
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 def install(root: Path, python: str) -> list[Path]:
     """Lay the files out under ``root``; returns the paths written (kept files are not listed)."""
-    files = resources.files("facediag.station_files")
+    from facediag.edge.compat import package_files
+
+    files = package_files("facediag.station_files")  # importlib.resources.files, also on 3.8
     written: list[Path] = []
     for name, dest, mode, keep in LAYOUT:
         target = root / dest

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from facediag.training.train import TrainConfig
 
 NAME = "train"
 HELP = "train a classifier on labelled face photos (DTL2 / DTL1 / from scratch / dense SIFT)"
@@ -14,10 +18,16 @@ folder (model.safetensors + checkpoint.json) for `facediag evaluate` and
 
 Data: --data DIR with one sub-folder per class (optionally DIR/train|val|test/<class>/),
 or --csv CSV --images DIR with columns image,label,split (split: train, val, test).
-Without a val split, a stratified 20% of train is held out (seeded) for early
-stopping and probability calibration. Every photo goes through the station's face
+dtl2 (the default) fits on every training photo (train and val) and chooses the
+SVM's C and the probability calibration by stratified 5-fold cross-validation
+(calibration on out-of-fold scores, kept in the checkpoint for `evaluate`'s
+thresholds); --calibration-data val restores a held-out validation split. The
+other strategies, without a val split, hold out a stratified 20% of train (seeded)
+for early stopping and probability calibration. Every photo goes through the station's face
 front-end (detector -> alignment with the backbone's contract); photos with no
-face are skipped and counted. Crops are cached (--cache).
+face are skipped and counted. Crops are cached (--cache). A folder written by
+`facediag crop` (crop_settings.json) goes in as aligned crops, without detection,
+when its template is the backbone's, and is refused otherwise (--aligned).
 
 Strategies (from Jin et al., IEEE Access 2020):
 {strategies}
@@ -25,11 +35,56 @@ Strategies (from Jin et al., IEEE Access 2020):
 Backbones (--backbone):
 {backbones}
 
+Feature recipes (dtl2; --backbone BACKBONE[+BACKBONE...][:taps][:flip]):
+  facenet:taps        the embedding plus pooled activations of the last blocks
+  facenet+dlib        several backbones on one crop, features concatenated (fusion)
+  facenet:flip        features of the crop and its mirror image averaged
+All of it runs inside the exported model; the station feeds one crop.
+
+Repeated splits: --repeats K re-splits all labelled photos K times with the
+data's per-class train/test counts, reports per-split top-1 (and AUC for two
+classes), mean and a 95% t-interval over splits (repeats.json, repeats.md in
+--out); no checkpoint is written.
+
 Example (the proxy benchmark):
   facediag train --csv ../shared/fixtures/faces/celeba/proxy_dsf_split.csv \\
       --images ../shared/fixtures/faces/celeba --backbone mobilefacenet \\
       --weights ../shared/fixtures/models/mobilefacenet_112x96_casia.ckpt --strategy dtl2 --out runs/mfn-dtl2
 """
+
+
+class _BackboneChoices(list):  # type: ignore[type-arg]
+    """The registered backbones (what --help and the registry tests list); feature recipes are accepted too."""
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, str) and (("+" in value or ":" in value) or list.__contains__(self, value))
+
+
+def _backbone_arg(value: str) -> str:
+    """A registered backbone or a feature recipe (checked here so a typo fails before any photo is cropped)."""
+    from facediag.training.backbones import BACKBONES
+    from facediag.training.features import is_recipe, parse_recipe
+
+    if is_recipe(value):
+        from facediag.edge.errors import ConfigError
+
+        try:
+            return parse_recipe(value).name
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if value not in BACKBONES:
+        raise argparse.ArgumentTypeError(f"unknown backbone {value!r} (choose from {', '.join(BACKBONES.names())})")
+    return value
+
+
+def _run_repeats(cfg: TrainConfig, k: int) -> int:
+    from facediag.training.repeats import run_repeats
+
+    cache = cfg.cache
+    doc = run_repeats(cfg, k, feature_cache=Path(cache) / "features" if cache else None)
+    print(Path(cfg.out) / "repeats.md")
+    print(Path(cfg.out, "repeats.md").read_text(encoding="utf-8"))
+    return 0 if doc["splits"] else 1
 
 
 def description() -> str:
@@ -55,23 +110,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = description()
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", choices=BACKBONES.names(), default="facenet", metavar="NAME",
-                       help=f"backbone to transfer from: {', '.join(BACKBONES.names())} (default facenet: offline "
+    model.add_argument("--backbone", type=_backbone_arg, choices=_BackboneChoices(BACKBONES.names()), default=None,
+                       metavar="NAME",
+                       help=f"backbone or feature recipe to transfer from: {', '.join(BACKBONES.names())}, or a dtl2 "
+                       "recipe such as facenet+dlib:taps:flip (default: facenet:taps:flip for dtl2, chosen by repeated "
+                       "splits (benchmarks/recipes.md), facenet for the other strategies; both offline "
                        "weights; see the list above)")
     model.add_argument("--weights", type=Path, metavar="PATH", help="backbone weights file (needed by all but facenet)")
     model.add_argument("--strategy", choices=STRATEGIES.names(), default="dtl2",
                        help="training strategy (default dtl2; see the list above)")
     model.add_argument("--calibration", choices=CALIBRATIONS, default="temperature",
-                       help="probability calibration fitted on val (platt: two classes only; default temperature)")
+                       help="probability calibration (platt: two classes only; default temperature)")
+    model.add_argument("--calibration-data", choices=("cv", "val"), default=None,
+                       help="what the calibration is fitted on: dtl2 default cv = out-of-fold scores of all training "
+                       "photos (no val split carved); val = a held-out validation split (the other strategies' only way)")
+    model.add_argument("--repeats", type=int, metavar="K",
+                       help="run K stratified random train/test splits and report mean and 95%% interval (no checkpoint)")
 
     hp = parser.add_argument_group("hyperparameters (default: the strategy's own)")
     hp.add_argument("--epochs", type=int, help="maximum epochs (dtl1 60, scratch 40)")
     hp.add_argument("--lr", type=float, help="learning rate (dtl1 5e-5, scratch 1e-2)")
     hp.add_argument("--head-lr-mult", type=float, help="learning-rate multiplier of the new last layer (dtl1 1000, i.e. 0.05 for the new layer)")
-    hp.add_argument("--unfreeze", type=int, help="dtl1: trailing backbone blocks that train too (default 0 = last layer only)")
+    hp.add_argument("--unfreeze", type=int, help="dtl1: trailing backbone blocks that train too, unfrozen one at a time after the head "
+                    "(see --unfreeze-every; default 0 = last layer only)")
+    hp.add_argument("--augment", type=float, metavar="S",
+                    help="dtl1/scratch: strength of the colour and geometry jitter of training batches (1: "
+                    "+-10%% brightness/contrast/saturation, +-5 degrees, +-5%% scale, +-4%% shift; default 0 = mirror "
+                    "images only)")
+    hp.add_argument("--unfreeze-every", type=int, metavar="E",
+                    help="dtl1 with --unfreeze N: unfreeze one more trailing block every E epochs after the head-only "
+                    "stage (default 3; 0 = all N blocks from the start)")
+    hp.add_argument("--head-epochs", type=int, metavar="E",
+                    help="dtl1 with --unfreeze N: most epochs of the head-only stage (default 40; early stopping ends it)")
+    hp.add_argument("--block-lr-mult", type=float, metavar="M",
+                    help="dtl1: learning rate of the last unfrozen block = --lr x M (default 20)")
+    hp.add_argument("--layer-lr-decay", type=float, metavar="D",
+                    help="dtl1: each earlier unfrozen block learns D times the rate of the block after it (default 0.5)")
     hp.add_argument("--batch-size", type=int, help="mini-batch size (dtl1/scratch 32; dtl2 embedding batch 64)")
     hp.add_argument("--patience", type=int, help="early stopping: epochs without a better val loss (default 8)")
-    hp.add_argument("--svm-c", type=float, help="dtl2/dsift: fix the SVM's C (default: dtl2 picks it by 5-fold cross-validation on train)")
+    hp.add_argument("--svm-c", type=float, help="dtl2/dsift: fix the SVM's C (default: dtl2 picks it by 5-fold cross-validation on the training photos)")
     hp.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same numbers (default 0)")
     hp.add_argument("--threads", type=int, default=2, help="torch CPU threads, fixed for repeatability (default 2)")
 
@@ -104,12 +181,18 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, backbone=args.backbone, strategy=args.strategy, data_dir=args.data, csv_path=args.csv,
         images_dir=args.images, weights=args.weights, seed=args.seed, epochs=args.epochs, lr=args.lr,
         unfreeze=args.unfreeze, batch_size=args.batch_size, patience=args.patience, svm_c=args.svm_c,
-        head_lr_mult=args.head_lr_mult, cache=None if args.no_cache else (args.cache or DEFAULT_CACHE),
+        head_lr_mult=args.head_lr_mult, augment=args.augment, unfreeze_every=args.unfreeze_every,
+        head_epochs=args.head_epochs, block_lr_mult=args.block_lr_mult, layer_lr_decay=args.layer_lr_decay,
+        cache=None if args.no_cache else (args.cache or DEFAULT_CACHE),
         detector=None if args.detector == "auto" else args.detector, detector_model=args.detector_model,
+        aligned=args.aligned,
         keep_classes=list(args.binary) if args.binary else None, healthy=args.healthy,
-        calibration=args.calibration, val_fraction=args.val_fraction, threads=args.threads,
+        calibration=args.calibration, calibration_data=args.calibration_data, val_fraction=args.val_fraction,
+        threads=args.threads,
         progress=not args.no_progress,
     )
+    if args.repeats is not None:
+        return _run_repeats(cfg, args.repeats)
     outcome = run_training(cfg)
     meta = outcome.meta
     m = meta.get("metrics", {})

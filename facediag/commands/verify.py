@@ -11,7 +11,8 @@ HELP = "prove a bundle precision on this device: compare it with ONNX Runtime on
 DESCRIPTION = (
     "Runs the bundle's TensorRT engine and the ONNX model it was built from (ONNX Runtime, CPU) on the same "
     "inputs and checks top-1 agreement (--min-agreement, default 0.99, reference near-ties left out: "
-    "--tie-margin) and the largest class-probability difference (--max-prob-diff; default per precision). "
+    "--tie-margin; shown at --confidence 0.95, so too few crops fail and the message says how many are needed; "
+    "--min-agreement-all over every crop) and the largest class-probability difference (--max-prob-diff; default per precision). "
     "The result is recorded in the engine's manifest. Exit status: 0 passed, 1 failed the gate (or another "
     "error), 78 bad options. With --backend onnxruntime it checks the bundle's PRECISION model under ONNX "
     "Runtime against FP32 instead (for CPU-only stations); that is the default for precisions TensorRT does "
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         max_prob_diff=args.max_prob_diff,
         tie_margin=args.tie_margin,
+        min_agreement_all=args.min_agreement_all,
+        confidence=args.confidence,
         batch_size=args.batch_size,
         engine_dir=args.engine_dir,
         inputs_name=str(args.inputs),

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from facediag.edge.compat import zip_strict  # zip(strict=True) on Python 3.8 too (.ci/py38)
 from tests.trt_standins._common import (
     DeviceFault,
     DeviceMemory,
@@ -171,7 +172,7 @@ def _config(mod: types.ModuleType, gen: Generation) -> None:
 
         def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002
             lo, mid, hi = (tuple(int(v) for v in s) for s in (min, opt, max))
-            if not all(a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True)):
+            if not all(a <= b <= c for a, b, c in zip_strict(lo, mid, hi)):
                 raise ValueError(f"stand-in profile: need min <= opt <= max, got {lo} {mid} {hi}")
             self._shapes[input] = (lo, mid, hi)
 

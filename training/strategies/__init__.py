@@ -84,6 +84,9 @@ class StrategyResult:
     hyperparameters: dict[str, Any]
     history: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: (logits, labels, what they are) to fit the probability calibration on instead of the val split,
+    #: e.g. DTL2's out-of-fold scores of the training photos (``facediag.training.strategies.dtl2``)
+    calibration_scores: tuple[np.ndarray, np.ndarray, str] | None = None
 
 
 @dataclass

@@ -80,7 +80,18 @@ class NeuralFit(FittedModel):
             "metrics": run_meta["metrics"],
             "head": {"l2_normalize": bool(getattr(self.model, "l2_normalize", True))},
         }
+        history = self.history or {}
+        if history.get("epochs"):
+            from facediag.training.curves import CSV_FILE, PNG_FILE
+
+            meta["curves"] = [CSV_FILE, PNG_FILE]
         save_checkpoint(out, self.model, meta)
+        if history.get("epochs"):
+            from facediag.training.curves import write_curves
+
+            title = f"{run_meta['strategy']} / {self.backbone}: {', '.join(run_meta['classes'])}"
+            written = write_curves(out, history, title)
+            log.info("training curves: %s", ", ".join(str(p) for p in written))
 
 
 @dataclass
@@ -107,6 +118,10 @@ class NeuralStrategy:
                 raise ConfigError(f"--weights {p}: no such file")
             return {"kind": "file", "path": str(p.resolve()), "sha256": sha256_file(p)}
         source = BACKBONES.get(backbone).weights_source if backbone in BACKBONES else None
+        if source is None and ("+" in backbone or ":" in backbone):  # a feature recipe: every part's source
+            from facediag.training.features import parse_recipe
+
+            source = "; ".join(f"{b}: {BACKBONES.get(b).weights_source}" for b in parse_recipe(backbone).backbones)
         return {"kind": "built-in", "source": source, "path": None, "sha256": None}
 
     def fit(self, inp: StrategyInput, splits: dict[str, SplitData], calibration: str) -> FittedModel:
@@ -118,7 +133,13 @@ class NeuralStrategy:
             sp: batched(model.logits, data.crops, inp.contract, 64, f"scoring ({sp})", inp.progress)
             for sp, data in splits.items()
         }
-        calib = calibrate(model, calibration, logits.get("val", np.zeros((0, 2))), inp.val.labels, len(inp.classes))
+        if result.calibration_scores is not None:  # e.g. DTL2's out-of-fold scores: calibrate on those
+            z_cal, y_cal, fitted_on = result.calibration_scores
+            calib = calibrate(model, calibration, z_cal, y_cal, len(inp.classes))
+            if calib["method"] != "none":
+                calib["fitted_on"] = fitted_on
+        else:
+            calib = calibrate(model, calibration, logits.get("val", np.zeros((0, 2))), inp.val.labels, len(inp.classes))
         if calib["method"] == "platt":  # the head changed: rescore
             calibrated = {sp: batched(model.logits, splits[sp].crops, inp.contract, 64) for sp in logits}
         else:

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "patience": 8,
     "batch_size": 32,
     "l2_normalize": False,
+    "augment": 0.0,
 }
 
 
@@ -51,7 +52,7 @@ STRATEGIES.register(
         name="scratch",
         summary="the same architecture from random weights, trained end to end",
         factory=neural_strategy(train_scratch),
-        options=("epochs", "lr", "head_lr_mult", "batch_size", "patience"),
+        options=("epochs", "lr", "head_lr_mult", "batch_size", "patience", "augment"),
         pretrained=False,
     )
 )

@@ -7,48 +7,26 @@ rewrites them.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
-H, W = 112, 96
-
-
-def weights() -> tuple[np.ndarray, np.ndarray]:
-    """A 3-class colour classifier on the mean of each channel (same as the contract test's reference)."""
-    w = np.array([[30, -15, -15], [-15, 30, -15], [-15, -15, 30]], np.float32)
-    b = (-np.array([0.52, 0.445, 0.397], np.float32) @ w).astype(np.float32)
-    return w, b
+sys.path.insert(0, str(HERE.parents[2]))  # the repository root, for tests.colour_model when run as a script
 
 
 def main() -> None:
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    w, b = weights()
-    nodes = [
-        helper.make_node("Mul", ["input", "scale"], ["scaled"]),
-        helper.make_node("GlobalAveragePool", ["scaled"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny_colour_classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, H, W])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
-        initializer=[numpy_helper.from_array(np.array(1 / 255.0, np.float32), "scale"),
-                     numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
-    )
-    models = {"classifier.onnx": graph}
+    from tests.colour_model import write_colour_classifier
+
+    write_colour_classifier(HERE / "classifier.onnx")  # the contract test's reference: tests.colour_model.reference_probs
     for name, elem in (("half_identity.onnx", TensorProto.FLOAT16), ("double_identity.onnx", TensorProto.DOUBLE)):
-        models[name] = helper.make_graph(
+        graph = helper.make_graph(
             [helper.make_node("Identity", ["x"], ["y"])], "one_op",
             [helper.make_tensor_value_info("x", elem, [1, 4])], [helper.make_tensor_value_info("y", elem, [1, 4])],
         )
-    for name, g in models.items():
-        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.checker.check_model(model)
         onnx.save(model, str(HERE / name))
