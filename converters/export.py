@@ -337,6 +337,17 @@ def _publish(work: Path, bundle_dir: Path) -> None:
     work.rename(bundle_dir)
 
 
+def _check_thresholds(report: str | Path | None, thresholds: dict[str, float], classes: list[str], healthy: str,
+                      min_specificity: float, accept_low: bool) -> dict[str, Any] | None:
+    """The specificity floor on thresholds taken from an evaluate report (None when they come from elsewhere)."""
+    if report is None:
+        return None
+    from facediag.converters.threshold_check import check_threshold_specificity
+
+    return check_threshold_specificity(report, thresholds, classes, healthy, min_specificity=min_specificity,
+                                       accept_low=accept_low)
+
+
 def export_checkpoint(
     ckpt_dir: str | Path,
     bundle_dir: str | Path,
@@ -380,12 +391,8 @@ def export_checkpoint(
         raise ExportError(f"parity inputs must be N x 3 x {expected[0]} x {expected[1]}, got {parity_inputs.shape}")
     healthy = _healthy_class(meta, classes, ckpt_dir)
     thresholds, thresholds_source = _choose_thresholds(meta, classes, healthy, thresholds_report)
-    threshold_check = None
-    if thresholds_report is not None:
-        from facediag.converters.threshold_check import check_threshold_specificity
-
-        threshold_check = check_threshold_specificity(thresholds_report, thresholds, classes, healthy,
-                                                      min_specificity=min_specificity, accept_low=accept_low_specificity)
+    threshold_check = _check_thresholds(thresholds_report, thresholds, classes, healthy, min_specificity,
+                                        accept_low_specificity)
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", dir=bundle_dir.parent))
     try:

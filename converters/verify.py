@@ -193,10 +193,17 @@ def verify_bundle(
             result.images, 1.0 / result.images, MIN_RECOMMENDED_INPUTS,
         )
     if record and manifest is not None and manifest_path is not None:
-        current = EngineManifest.load(manifest_path)
-        if current.engine_sha256 != manifest.engine_sha256:
-            raise FacediagError(f"{manifest_path.name} changed during verification (engine rebuilt?); run verify again")
-        current.verify = result.to_dict()
-        current.save(manifest_path)
-        log.info("recorded the verification in %s", manifest_path.name)
+        _record_in_manifest(manifest_path, manifest.engine_sha256, result)
     return result
+
+
+def _record_in_manifest(manifest_path: Path, engine_sha256: str, result: Verdict) -> None:
+    """Write ``result`` into the engine's manifest, unless the engine changed while it was being verified."""
+    from facediag.edge.engine.manifest import EngineManifest
+
+    current = EngineManifest.load(manifest_path)
+    if current.engine_sha256 != engine_sha256:
+        raise FacediagError(f"{manifest_path.name} changed during verification (engine rebuilt?); run verify again")
+    current.verify = result.to_dict()
+    current.save(manifest_path)
+    log.info("recorded the verification in %s", manifest_path.name)
