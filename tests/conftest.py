@@ -27,6 +27,21 @@ def fixtures_dir() -> Path:
 
 
 # CI machines are shared and noisy: property tests check correctness, never speed.
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The daemon tests' real bundle (tests.daemon_helpers.build_test_bundle), a private copy per module.
+    Modules with bundles of their own define their own ``bundle_dir``."""
+    from tests.daemon_helpers import build_test_bundle
+
+    return build_test_bundle(tmp_path_factory.mktemp("station_bundle"))
+
+
+@pytest.fixture(scope="module")
+def yunet() -> Path:
+    """The YuNet detector model from the fixtures (skips without them)."""
+    return fixture_path("models/face_detection_yunet_2026may.onnx")
+
+
 from hypothesis import settings as _hyp_settings  # noqa: E402
 
 # Under CI (CI=true) the examples are derived from each test's name, so a red CI run can be re-run and

@@ -53,6 +53,9 @@ def build_test_bundle(out_dir: Path) -> Path:
     if not _BUILT_BUNDLE and prebuilt:
         _BUILT_BUNDLE.append(Path(prebuilt))
     if not _BUILT_BUNDLE:
+        from tests.conftest import fixture_path
+
+        fixture_path("models/mobilefacenet_112x96_casia.ckpt")  # skips, saying why, without the fixtures
         cache = Path(tempfile.mkdtemp(prefix="fd-test-bundle-"))
         import atexit
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -89,12 +88,11 @@ class Browser:
         return str(self.js("return document.body.dataset.state || ''"))
 
     def wait(self, predicate, timeout: float, interval: float = 0.05, what: str = ""):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
+        from tests.daemon_helpers import wait_until
+
+        value = wait_until(predicate, timeout, interval)
+        if value:
+            return value
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}; page state "
                              f"{self.state()!r}")
 

@@ -42,13 +42,9 @@ def _port_open(port: int) -> bool:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    value = predicate()
+    from tests.daemon_helpers import wait_until
+
+    value = wait_until(predicate, timeout, interval)
     assert value, f"timed out after {timeout:.0f} s waiting for {what}"
     return value
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from facediag.edge.errors import ConfigError
-from tests.conftest import fixture_path
 from tests.daemon_helpers import (
     TOKEN,
     NotifyListener,
@@ -36,19 +35,6 @@ from tests.daemon_helpers import (
 )
 
 DECISIONS = {"refer", "no_finding", "retake"}
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    from tests.daemon_helpers import build_test_bundle
-
-    fixture_path("models/mobilefacenet_112x96_casia.ckpt")
-    return build_test_bundle(tmp_path_factory.mktemp("daemon_bundle"))
-
-
-@pytest.fixture(scope="session")
-def yunet() -> Path:
-    return fixture_path("models/face_detection_yunet_2026may.onnx")
 
 
 @pytest.fixture(scope="session")

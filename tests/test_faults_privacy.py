@@ -20,14 +20,6 @@ from tests.daemon_helpers import REPO, free_port, visits_video, write_station_co
 pytestmark = pytest.mark.faults
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    from tests.daemon_helpers import build_test_bundle
-
-    fixture_path("models/mobilefacenet_112x96_casia.ckpt")
-    return build_test_bundle(tmp_path_factory.mktemp("privacy_bundle"))
-
-
 def _clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "XDG_CACHE_HOME", "XDG_DATA_HOME",

@@ -17,19 +17,10 @@ import numpy as np
 import pytest
 
 from facediag.edge.errors import ConfigError
-from tests.conftest import fixture_path
 from tests.daemon_helpers import NotifyListener, api_get, face_frame, free_port, visits_video, yale_photo
 from tests.test_station_builder import _cfg
 
 pytestmark = pytest.mark.faults
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    from tests.daemon_helpers import build_test_bundle
-
-    fixture_path("models/mobilefacenet_112x96_casia.ckpt")
-    return build_test_bundle(tmp_path_factory.mktemp("faults_bundle"))
 
 
 @pytest.fixture(scope="module")

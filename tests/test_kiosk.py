@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fixture_path
 from tests.daemon_helpers import (
     TOKEN,
     NotifyListener,
@@ -45,13 +44,7 @@ def bundle_dir(tmp_path_factory) -> Path:
     from tests.daemon_helpers import build_test_bundle
 
     require_browser()  # skip before the (slow) bundle build when there is no browser
-    fixture_path("models/mobilefacenet_112x96_casia.ckpt")
     return build_test_bundle(tmp_path_factory.mktemp("kiosk_bundle"))
-
-
-@pytest.fixture(scope="module")
-def yunet() -> Path:
-    return fixture_path("models/face_detection_yunet_2026may.onnx")
 
 
 @pytest.fixture(scope="module")

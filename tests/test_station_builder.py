@@ -25,14 +25,6 @@ from tests.daemon_helpers import (
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    from tests.daemon_helpers import build_test_bundle
-
-    fixture_path("models/mobilefacenet_112x96_casia.ckpt")
-    return build_test_bundle(tmp_path_factory.mktemp("builder_bundle"))
-
-
-@pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     photos = [yale_photo("subject02.glasses"), yale_photo("subject01.normal")]
     return visits_video(tmp_path_factory.mktemp("builder_video") / "visits.avi", photos, hold=30, gap=30)

@@ -21,7 +21,6 @@ pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (pip install
 
 from facediag.collector.store import open_store  # noqa: E402
 from facediag.edge.uplink.topics import status_topic  # noqa: E402
-from tests.conftest import fixture_path  # noqa: E402
 from tests.daemon_helpers import (  # noqa: E402
     TOKEN,
     NotifyListener,
@@ -40,19 +39,6 @@ from tests.mqtt_helpers import Broker, Postgres, Watcher, wait_for  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SID = "clinic-a.kiosk-3"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    from tests.daemon_helpers import build_test_bundle
-
-    fixture_path("models/mobilefacenet_112x96_casia.ckpt")
-    return build_test_bundle(tmp_path_factory.mktemp("uplink_bundle"))
-
-
-@pytest.fixture(scope="module")
-def yunet() -> Path:
-    return fixture_path("models/face_detection_yunet_2026may.onnx")
 
 
 @pytest.fixture(scope="module")
